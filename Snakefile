@@ -1,0 +1,14 @@
+# DiffSparse-Bench: generate -> measure -> aggregate -> render. Rules call `dsbench` verbs (no torch here).
+#   snakemake --cores 8 table1
+#   snakemake results/pixart_512.csv        (one model cell: every method x metric)
+#   snakemake --configfile tests/smoke.yaml --replace-workflow-config --cores 2 smoke
+from snakemake.utils import min_version
+
+min_version("9.19")
+
+configfile: "config.yaml"
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/measure.smk"
+include: "workflow/rules/tables.smk"

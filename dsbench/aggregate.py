@@ -1,0 +1,28 @@
+"""One model cell's results: per-method MACs, latency and quality merged into results/{model}.csv."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from dsbench.io import read_json, write_text
+
+TERA = 1e12
+
+
+def aggregate(model: str, methods: list[str], macs: list[Path], metrics: list[Path], latency: Path,
+              provenance: dict[str, dict], out: Path) -> pd.DataFrame:
+    lat = read_json(latency)["methods"]
+    rows = []
+    for method, mac_path, met_path in zip(methods, macs, metrics):
+        mac, met = read_json(mac_path), read_json(met_path)
+        rows.append({
+            "model": model, "method": method, "num_steps": mac["num_steps"],
+            "macs_c1_T": mac["macs_c1"] / TERA, "macs_total_T": mac["macs_total"] / TERA,
+            "latency_s": lat[method]["median_s"], "speedup": lat[method]["speedup"],
+            **{k: met.get(k) for k in ("fid", "clip", "psnr", "lpips", "n_samples", "fid_n_ref")},
+            **provenance[method],
+        })
+    df = pd.DataFrame(rows)
+    write_text(out, df.to_csv(index=False))
+    return df

@@ -1,0 +1,91 @@
+"""A cell: one model × one method variant of a validated config, and everything built from it.
+
+The one place that turns config entries into an adapter, a pipeline, a method and an attached engine,
+so generation, MAC counting and latency all run the same code path.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from dsbench import conditions as conditions_mod
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Cell:
+    config: dict
+    model: str
+    method: str  # variant name (a key of config["methods"])
+
+    def __post_init__(self):
+        if self.model not in self.config["models"]:
+            raise ValueError(f"unknown model {self.model!r} in this config; configured: "
+                             f"{', '.join(self.config['models'])}")
+        if self.method not in self.model_cfg["methods"]:
+            raise ValueError(f"method variant {self.method!r} is not run on {self.model} "
+                             f"(models.{self.model}.methods: {self.model_cfg['methods']})")
+
+    @property
+    def model_cfg(self) -> dict:
+        return self.config["models"][self.model]
+
+    @property
+    def method_cfg(self) -> dict:
+        return self.config["methods"][self.method]
+
+    @cached_property
+    def adapter(self):
+        from models import get_adapter
+
+        return get_adapter(self.model)
+
+    @cached_property
+    def accelerator(self):
+        from methods import make_method
+
+        settings = {k: v for k, v in self.method_cfg.items() if k != "method"}
+        return make_method(self.method_cfg["method"], **settings)
+
+    @property
+    def num_steps(self) -> int:
+        return self.accelerator.num_steps(self.model_cfg["steps"])
+
+    @property
+    def num_samples(self) -> int:
+        return self.model_cfg["num_samples"]
+
+    def conditions(self) -> list:
+        return conditions_mod.load_conditions(self.model_cfg["dataset"], self.num_samples, self.config["resources"])
+
+    def samples_dir(self, root: str | Path = "results") -> Path:
+        return Path(root) / "samples" / self.model / self.method
+
+    # ---- building -------------------------------------------------------------------------------
+    def build_pipeline(self, device: str | None = None, meta: bool = False):
+        source = "meta" if meta else self.model_cfg["source"]
+        return self.adapter.build(
+            source, device=device or self.config["device"], dtype=DTYPES[self.config["dtype"]],
+            scheduler=self.model_cfg["scheduler"], weights=self.model_cfg.get("weights"), seed=self.config["seed"])
+
+    def plan(self, pipe):
+        return self.accelerator.plan(self.num_steps, len(self.adapter.blocks(pipe)), self.adapter.sublayers)
+
+    @contextlib.contextmanager
+    def accelerated(self, pipe):
+        """The method's engine attached to `pipe` for the duration of the context."""
+        from methods.engine import Engine
+
+        with Engine(self.adapter, pipe, self.plan(pipe)) as engine:
+            yield engine
+
+    def sample(self, pipe, engine, conditions, seeds):
+        engine.reset()  # a previous call that raised must not leave state behind
+        with torch.inference_mode():
+            return self.adapter.sample(pipe, conditions, seeds, num_steps=self.num_steps,
+                                       guidance_scale=self.model_cfg["guidance_scale"])

@@ -1,0 +1,196 @@
+"""`dsbench <verb>`: every workflow step, runnable by hand. The Snakemake rules call these verbs."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from dsbench import config as config_mod
+
+
+def _config(args) -> dict:
+    return config_mod.load_arg(args.config)
+
+
+def _cell(args, cfg=None):
+    from dsbench.cell import Cell
+
+    cfg = cfg or _config(args)
+    return Cell(cfg, args.model, args.method)
+
+
+def _out(path, obj) -> None:
+    from dsbench.io import write_json
+
+    if path:
+        write_json(path, obj)
+
+
+def cmd_generate(args):
+    from dsbench.generate import generate
+
+    paths = generate(_cell(args), Path(args.root) / "samples" / args.model / args.method, shards=args.shard)
+    print(f"{len(paths)} shard(s) present: {paths[0].parent}")
+
+
+def cmd_reference(args):
+    from dsbench.cell import Cell
+    from dsbench.evaluate import reference_stats
+
+    meta = reference_stats(Cell(_config(args), args.model, "none"), args.out, samples_root=args.root)
+    print(f"reference statistics {args.out}: n={meta['n']} network={meta['network_id']}")
+
+
+def cmd_macs(args):
+    from dsbench.measure import count_macs
+
+    cfg = _config(args)
+    if args.method not in cfg["methods"]:  # a registered method name with its default (or --set) settings
+        settings = dict(kv.split("=", 1) for kv in args.set)
+        cfg["methods"][args.method] = {"method": args.method, **{k: _number(v) for k, v in settings.items()}}
+        config_mod.validate(cfg)
+    if args.model in cfg["models"] and args.method not in cfg["models"][args.model]["methods"]:
+        cfg["models"][args.model]["methods"].append(args.method)
+    result = count_macs(_cell(args, cfg), device=args.device)
+    _out(args.out, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"# {args.model} / {args.method}: {result['num_steps']} steps, {result['denoiser_calls']} denoiser "
+              f"calls, per image ({args.device})")
+        print(f"macs_c1 {result['macs_c1'] / 1e12:.3f} T")
+        print(f"macs_total {result['macs_total'] / 1e12:.3f} T")
+
+
+def _number(v: str):
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
+def cmd_latency(args):
+    from dsbench.measure import measure_latency
+
+    cfg = _config(args)
+    methods = args.methods.split(",") if args.methods else cfg["models"][args.model]["methods"]
+    result = measure_latency(cfg, args.model, methods)
+    _out(args.out, result)
+    for m, r in result["methods"].items():
+        print(f"{m:<16} {r['median_s'] * 1e3:9.1f} ms  speedup {r['speedup']:.2f}x")
+
+
+def cmd_evaluate(args):
+    from dsbench.evaluate import evaluate
+
+    result = evaluate(_cell(args), samples_root=args.root, reference=args.reference)
+    _out(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_aggregate(args):
+    from dsbench.aggregate import aggregate
+    from dsbench.cell import Cell
+    from dsbench.provenance import provenance
+
+    cfg = _config(args)
+    methods = cfg["models"][args.model]["methods"]
+    root = Path(args.root)
+    df = aggregate(args.model, methods,
+                   [root / "macs" / args.model / f"{m}.json" for m in methods],
+                   [root / "metrics" / args.model / f"{m}.json" for m in methods],
+                   root / "latency" / f"{args.model}.json",
+                   {m: provenance(Cell(cfg, args.model, m)) for m in methods}, Path(args.out))
+    print(df.drop(columns=["versions"], errors="ignore").to_string(index=False))
+
+
+def cmd_render(args):
+    import pandas as pd
+
+    from dsbench.tables import render_table
+
+    cfg = _config(args)
+    table = cfg["tables"][args.table]
+    ours = pd.read_csv(Path(args.root) / f"{table['model']}.csv")
+    paper = Path(args.paper_dir) / f"{args.table}.csv"
+    out = Path(args.root) / "tables" / args.table
+    render_table(args.table, ours, paper if paper.is_file() else None, table["rows"],
+                 table.get("columns", ["macs_c1_T", "macs_total_T", "speedup", "fid", "clip", "psnr", "lpips"]),
+                 out, notes=table.get("notes"))
+    print(Path(f"{out}.md").read_text())
+
+
+def cmd_doctor(args):
+    from dsbench.doctor import check, report
+
+    rows = check(_config(args))
+    print(report(rows))
+    return 1 if args.strict and not all(r["present"] for r in rows) else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dsbench", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    def verb(name, fn, help, model=True, method=False):
+        s = sub.add_parser(name, help=help)
+        s.add_argument("--config", default="config.yaml", help="config file, or inline JSON (default config.yaml)")
+        if model:
+            s.add_argument("--model", required=True)
+        if method:
+            s.add_argument("--method", required=True, help="method variant (a key of the config's methods)")
+        s.set_defaults(fn=fn)
+        return s
+
+    s = verb("generate", cmd_generate, "generate a cell's sample shards (resumes; verifies existing shards)",
+             method=True)
+    s.add_argument("--shard", type=int, action="append", help="only this shard (repeatable); default all")
+    s.add_argument("--root", default="results")
+    s = verb("reference", cmd_reference, "build FID reference statistics for a model")
+    s.add_argument("--out", required=True)
+    s.add_argument("--root", default="results")
+    s = verb("macs", cmd_macs, "MACs per image of a whole sampling run, counted while it runs", method=True)
+    s.add_argument("--device", default="meta", help="meta (full size, no weights), cpu or cuda")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="setting of a method given by its registered name")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--out")
+    s = verb("latency", cmd_latency, "median latency and speedup against none, all methods in one run")
+    s.add_argument("--methods", help="comma-separated variants (default: the model's methods)")
+    s.add_argument("--out")
+    s = verb("evaluate", cmd_evaluate, "FID, CLIP and fidelity to none of a cell's samples", method=True)
+    s.add_argument("--root", default="results")
+    s.add_argument("--reference")
+    s.add_argument("--out")
+    s = verb("aggregate", cmd_aggregate, "merge a model's MACs, latency and metrics into one CSV")
+    s.add_argument("--root", default="results")
+    s.add_argument("--out", required=True)
+    s = verb("render", cmd_render, "render a table with the paper's numbers beside ours", model=False)
+    s.add_argument("--table", required=True)
+    s.add_argument("--root", default="results")
+    s.add_argument("--paper-dir", default=str(config_mod.REPO / "results" / "paper"))
+    s = verb("doctor", cmd_doctor, "list the weights, datasets and statistics present and missing", model=False)
+    s.add_argument("--strict", action="store_true", help="exit 1 when something is missing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading never downloads implicitly (see models/weights.py)
+    try:
+        return args.fn(args) or 0
+    except (config_mod.ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"dsbench {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Conditions of sample i for each dataset: caption text or ImageNet class id.
+
+Sample i's condition is fixed by its index alone, never by batch or shard, and images are keyed by
+index, never by caption text (duplicate captions must not overwrite each other).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "data"
+
+# dataset -> (file under `resources`, where to get it)
+DATASET_FILES = {
+    "coco30k": ("datasets/coco30k/COCO_caption_prompts_30k.txt",
+                "one caption per line, 30,000 lines: the COCO caption list of the ToCa/PixArt FID-30k protocol "
+                "(see shared/reference/metrics-notes.md §4); place it at this path"),
+}
+
+
+class MissingDataError(FileNotFoundError):
+    pass
+
+
+def dataset_path(dataset: str, resources: str | Path) -> Path | None:
+    if dataset == "tiny_prompts":
+        return DATA / "tiny_prompts.txt"
+    if dataset in DATASET_FILES:
+        return Path(resources) / DATASET_FILES[dataset][0]
+    return None  # imagenet_classes needs no file
+
+
+def load_conditions(dataset: str, num_samples: int, resources: str | Path) -> list:
+    """The condition of every sample 0..num_samples-1."""
+    if dataset == "imagenet_classes":
+        return [i % 1000 for i in range(num_samples)]  # 50k samples = 50 per class, as ADM's protocol
+    path = dataset_path(dataset, resources)
+    if path is None:
+        raise ValueError(f"unknown dataset {dataset!r}")
+    if not path.is_file():
+        raise MissingDataError(f"dataset {dataset!r} is missing: {path} ({DATASET_FILES[dataset][1]})")
+    lines = [ln.rstrip("\n") for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if dataset == "coco30k" and len(lines) < num_samples:
+        raise MissingDataError(f"{path} has {len(lines)} captions; {num_samples} samples need as many")
+    return [lines[i % len(lines)] for i in range(num_samples)]  # tiny prompts cycle

@@ -1,0 +1,108 @@
+"""Quality metrics of one cell, streamed over its shards: FID, CLIP, and fidelity (PSNR, LPIPS) to `none`."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from dsbench.cell import Cell
+from dsbench.samples import iter_images, read_shard, sample_seed, shard_path, shard_ranges
+from models.registry import get_preset
+
+WEIGHT_FILES = {  # network name -> file under resources/weights
+    "ViT-L-14-quickgelu": "open_clip_vit_l14_openai.bin",
+}
+
+
+def weights_dir(config: dict) -> Path:
+    return Path(config["resources"]) / "weights"
+
+
+def _networks(config: dict, need_clip: bool):
+    import torch
+    from metrics.networks import load_clip, load_fid_network, load_lpips
+
+    dev = config["device"] if not str(config["device"]).startswith("cuda") or torch.cuda.is_available() else "cpu"
+    m = config["metrics"]
+    fid_net = load_fid_network(m["fid_network"], weights_dir(config), dev)
+    clip = load_clip(m["clip_network"], weights_dir(config) / WEIGHT_FILES.get(m["clip_network"], ""), dev) \
+        if need_clip else None
+    return dev, fid_net, clip, load_lpips(m["lpips_network"], dev)
+
+
+def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | Path | None = None) -> dict:
+    """FID against the reference statistics, CLIP (text models), PSNR/LPIPS against `none`'s samples."""
+    from metrics.clip_score import ClipScore
+    from metrics.fid import FeatureStats, check_compatible, frechet_distance, image_features
+    from metrics.fidelity import Fidelity
+
+    config, res = cell.config, get_preset(cell.model).resolution
+    reference = Path(reference or Path(samples_root) / "reference" / f"{cell.model}.npz")
+    if not reference.is_file():
+        raise FileNotFoundError(f"reference statistics {reference} are missing; build them with "
+                                f"`dsbench reference --model {cell.model}` (or the workflow's reference rule)")
+    ref = FeatureStats.load(reference)
+    text = cell.adapter.family != "dit"
+    dev, fid_net, clip, lpips_net = _networks(config, need_clip=text)
+    check_compatible(ref[3], res, fid_net.network_id)  # before any feature work
+
+    n, shard = cell.num_samples, config["shard_size"]
+    folder = Path(samples_root) / "samples" / cell.model / cell.method
+    stats = FeatureStats()
+    for f in image_features(iter_images(folder, n, shard), fid_net, dev, resolution=res):
+        stats.update(f)
+    out = {"model": cell.model, "method": cell.method, "n_samples": stats.n, "fid": frechet_distance(stats, ref),
+           "fid_n_ref": ref[2], "fid_network": fid_net.network_id}
+
+    if text:
+        score, conds = ClipScore(clip, dev, config["metrics"]["clip_mode"]), cell.conditions()
+        for k, rng in enumerate(shard_ranges(n, shard)):
+            score.update(read_shard(shard_path(folder, k), rng).images, [conds[i] for i in rng])
+        out |= {"clip": score.compute(), "clip_network": clip.network_id}
+
+    k = min(config["fidelity_samples"], n)
+    if k:
+        base = Path(samples_root) / "samples" / cell.model / "none"
+        fid_ = Fidelity(lpips_net, dev)
+        for a, b in zip(iter_images(folder, n, shard, limit=k), iter_images(base, n, shard, limit=k)):
+            fid_.update(a, b)
+        out |= {"psnr": fid_.compute()["psnr"], "lpips": fid_.compute()["lpips"], "fidelity_n": k}
+    return out
+
+
+def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "results") -> dict:
+    """Reference statistics for the cell's model. `heldout`: the unaccelerated model on held-out seeds
+    (tiny runs have no real data); real references come from an image folder under resources/."""
+    from metrics.fid import make_reference_stats
+
+    config, res = cell.config, get_preset(cell.model).resolution
+    kind = cell.model_cfg.get("reference", "heldout")
+    dev, fid_net, _, _ = _networks(config, need_clip=False)
+    if kind == "heldout":
+        n = cell.model_cfg.get("reference_samples", cell.num_samples)
+        heldout = {**cell.config, "models": {cell.model: {**cell.model_cfg, "num_samples": n}}}
+        from dsbench.generate import generate
+
+        ref_cell = Cell(heldout, cell.model, "none")
+        folder = Path(samples_root) / "reference" / f"{cell.model}_heldout"
+        # A different seed stream from every sample that is evaluated: (seed + 1, i) never equals (seed, i).
+        generate(ref_cell, folder, base_seed=config["seed"] + 1, progress=False)
+        batches = iter_images(folder, n, config["shard_size"])
+        names = [f"heldout:{sample_seed(config['seed'] + 1, i)}" for i in range(n)]
+    else:
+        folder = Path(config["resources"]) / "reference" / f"{kind}_{res}"
+        files = sorted(itertools.chain(folder.glob("*.png"), folder.glob("*.jpg"), folder.glob("*.JPEG")))
+        if len(files) < 2:
+            raise FileNotFoundError(
+                f"reference images for {kind!r} are missing: {folder} must hold the reference set as PNG/JPEG, "
+                f"center-cropped and resized to {res}px (see README, 'Data')")
+        batches = (_load_images(files[i:i + 64]) for i in range(0, len(files), 64))
+        names = [f.name for f in files]
+    return make_reference_stats(batches, names, fid_net, dev, res, out)
+
+
+def _load_images(files) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])

@@ -1,0 +1,85 @@
+"""Sample identity and shard storage.
+
+Sample i of a cell has a fixed condition and a fixed seed derived from (base seed, i), whatever the batch
+size, shard size or number of GPUs. A shard is one .npz (uint8 images, indices, seeds, and a digest of
+the images) written atomically; reading verifies it. Generation resumes at the first missing shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dsbench.io import atomic_path
+
+
+def sample_seed(base_seed: int, index: int) -> int:
+    """Seed of sample `index`: independent streams per (base seed, index), not base+index (which collide)."""
+    return int(np.random.SeedSequence([base_seed, index]).generate_state(1, dtype=np.uint32)[0])
+
+
+def shard_ranges(num_samples: int, shard_size: int) -> list[range]:
+    return [range(s, min(s + shard_size, num_samples)) for s in range(0, num_samples, shard_size)]
+
+
+def shard_path(folder: str | Path, shard: int) -> Path:
+    return Path(folder) / f"shard_{shard:05d}.npz"
+
+
+class CorruptShardError(ValueError):
+    pass
+
+
+@dataclass
+class Shard:
+    images: np.ndarray   # uint8 (N, H, W, 3)
+    indices: np.ndarray  # int64 (N,)
+    seeds: np.ndarray    # int64 (N,)
+    meta: dict
+
+
+def _digest(images: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+
+
+def write_shard(path: str | Path, images: np.ndarray, indices, seeds, meta: dict) -> None:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    if not (len(images) == len(indices) == len(seeds)):
+        raise ValueError("images, indices and seeds must have the same length")
+    meta = {**meta, "sha256": _digest(images)}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a path
+            np.savez(fh, images=images, indices=np.asarray(indices, np.int64),
+                     seeds=np.asarray(seeds, np.int64), meta=np.array(json.dumps(meta, sort_keys=True)))
+
+
+def read_shard(path: str | Path, expect_indices: range | None = None) -> Shard:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            shard = Shard(z["images"], z["indices"], z["seeds"], json.loads(str(z["meta"])))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as e:
+        raise CorruptShardError(f"corrupt shard {path}: {e}; delete it and rerun generation") from e
+    if shard.meta.get("sha256") != _digest(shard.images):
+        raise CorruptShardError(f"corrupt shard {path}: image digest mismatch; delete it and rerun generation")
+    if expect_indices is not None and list(shard.indices) != list(expect_indices):
+        raise CorruptShardError(f"shard {path} holds samples {shard.indices[:3]}... but "
+                                f"{expect_indices} were expected (shard_size changed?)")
+    return shard
+
+
+def iter_images(folder: str | Path, num_samples: int, shard_size: int, limit: int | None = None):
+    """uint8 image batches of a cell, shard by shard, in sample order (never all in memory at once)."""
+    left = num_samples if limit is None else min(limit, num_samples)
+    for k, rng in enumerate(shard_ranges(num_samples, shard_size)):
+        if left <= 0:
+            return
+        shard = read_shard(shard_path(folder, k), rng)
+        yield shard.images[:left]
+        left -= len(shard.images)

@@ -1,0 +1,420 @@
+"""Render one results table: the paper's numbers beside ours, as CSV, GitHub Markdown and LaTeX.
+
+Pure pandas (no torch), so report generation runs anywhere.
+
+Inputs
+------
+* ``ours``: one row per method variant, keyed by ``method`` (the same keys as the ``row`` column of
+  ``results/paper/table*.csv``: ``none``, ``steps_50``, ``toca``, ``diffsparse_r43`` ...), with metric
+  columns (``macs_c1_T``, ``macs_total_T``, ``speedup``, ``fid``, ``clip``, ``psnr``, ``lpips``, ...) and
+  the provenance columns in :data:`PROVENANCE_COLUMNS`, which are carried to the CSV only.
+* ``paper_csv``: a transcription in ``results/paper/`` (columns ``row``, ``label``, then paper metrics
+  ``macs_T``, ``speedup``, ``fid``, ``sfid``, ``precision``, ``recall``, ``clip``, ``vbench``,
+  ``image_reward``).
+* ``rows``: the rows to show, in order: ``{"method": "toca", "paper_row": "toca", "label": "ToCa"}``.
+  ``paper_row`` may be ``None`` (no paper value). A row whose method is absent from ``ours`` is kept
+  and rendered as ``—``, never dropped.
+* ``columns``: our metrics to show. A metric with a paper counterpart (:data:`PAPER_COUNTERPARTS`)
+  gets a "(paper)" and an "(ours)" column; any other metric gets "(ours)" only.
+
+Outputs: ``{out_prefix}.csv`` (raw numbers, machine-readable, provenance included), ``{out_prefix}.md``
+and ``{out_prefix}.tex`` (booktabs tabular), each written atomically (temp file + ``os.replace``).
+The CSV columns are ``method, label, paper_row, in_ours``, then ``{metric}_paper`` (paired metrics
+only) and ``{metric}_ours`` per metric, then the provenance columns.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from dsbench.io import write_text
+
+__all__ = [
+    "MISSING",
+    "PAPER_COUNTERPARTS",
+    "PAPER_METRICS",
+    "PROVENANCE_COLUMNS",
+    "METRIC_FORMATS",
+    "MetricFormat",
+    "format_value",
+    "latex_escape",
+    "load_paper_table",
+    "render_table",
+]
+
+MISSING = "—"            # shown in Markdown for "no value" (missing run, or not reported by the paper)
+LATEX_MISSING = "---"    # the same in LaTeX (an em dash without needing a UTF-8 setup)
+
+PROVENANCE_COLUMNS: tuple[str, ...] = ("git_commit", "config_hash", "device", "model_source")
+
+# Metric columns a paper transcription may have (results/paper/*.csv).
+PAPER_METRICS: tuple[str, ...] = (
+    "macs_T", "speedup", "fid", "sfid", "precision", "recall", "clip", "vbench", "image_reward",
+)
+
+# Our metric -> the paper column it is compared against. The paper reports one MACs figure per
+# table; by default it is paired with ``macs_c1_T`` (linear/conv layers, per image and CFG branch,
+# which reproduces PixArt-alpha's 2.86 T and 10.851 T). DiT-XL/2's 11.44 T (Table 2) is that count
+# times the CFG batch of 2 (attention matmuls still excluded, so it is not ``macs_total_T``): add a
+# column ``macs_c1_cfg_T = 2 * macs_c1_T`` to ``ours`` and pass
+# ``paper_columns={"macs_c1_cfg_T": "macs_T", "macs_c1_T": None}``.
+PAPER_COUNTERPARTS: dict[str, str] = {
+    "macs_c1_T": "macs_T",
+    "speedup": "speedup",
+    "fid": "fid",
+    "clip": "clip",
+    "sfid": "sfid",
+    "precision": "precision",
+    "recall": "recall",
+    "vbench": "vbench",
+    "image_reward": "image_reward",
+}
+
+
+@dataclass(frozen=True)
+class MetricFormat:
+    title: str               # column title (Markdown and LaTeX, before escaping)
+    decimals: int
+    md_suffix: str = ""      # appended to the number in Markdown
+    tex_suffix: str = ""     # appended to the number in LaTeX
+
+
+METRIC_FORMATS: dict[str, MetricFormat] = {
+    "macs_c1_T": MetricFormat("MACs", 3, " T", r"\,T"),
+    "macs_c1_cfg_T": MetricFormat("MACs (CFG batch)", 3, " T", r"\,T"),
+    "macs_total_T": MetricFormat("MACs total", 3, " T", r"\,T"),
+    "speedup": MetricFormat("Speedup", 2, "×", r"$\times$"),
+    "fid": MetricFormat("FID", 2),
+    "sfid": MetricFormat("sFID", 2),
+    "precision": MetricFormat("Precision", 2),
+    "recall": MetricFormat("Recall", 2),
+    "clip": MetricFormat("CLIP", 3),
+    "psnr": MetricFormat("PSNR", 2),
+    "ssim": MetricFormat("SSIM", 4),
+    "lpips": MetricFormat("LPIPS", 4),
+    "vbench": MetricFormat("VBench", 2),
+    "image_reward": MetricFormat("ImageReward", 3),
+    "latency_s": MetricFormat("Latency (s)", 3),
+}
+_DEFAULT_FORMAT_DECIMALS = 3
+
+# ---------------------------------------------------------------------------------------------
+# formatting helpers
+
+
+def _metric_format(metric: str) -> MetricFormat:
+    return METRIC_FORMATS.get(metric, MetricFormat(metric, _DEFAULT_FORMAT_DECIMALS))
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def format_value(metric: str, value: Any, *, latex: bool = False) -> str:
+    """Format one number for display; missing values become ``—`` (``---`` in LaTeX)."""
+    if _is_missing(value):
+        return LATEX_MISSING if latex else MISSING
+    fmt = _metric_format(metric)
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        text = str(value)
+        return latex_escape(text) if latex else _md_escape(text)
+    if math.isinf(x):
+        body = ("-" if x < 0 else "") + (r"$\infty$" if latex else "∞")
+    else:
+        body = f"{x:.{fmt.decimals}f}"
+    return body + (fmt.tex_suffix if latex else fmt.md_suffix)
+
+
+# Characters with a meaning in LaTeX, plus the non-ASCII symbols that occur in method labels.
+_LATEX_MAP: dict[str, str] = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "α": r"$\alpha$",
+    "β": r"$\beta$",
+    "γ": r"$\gamma$",
+    "δ": r"$\delta$",
+    "λ": r"$\lambda$",
+    "σ": r"$\sigma$",
+    "τ": r"$\tau$",
+    "×": r"$\times$",
+    "≈": r"$\approx$",
+    "≤": r"$\leq$",
+    "≥": r"$\geq$",
+    "±": r"$\pm$",
+    "→": r"$\rightarrow$",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "—": "---",
+    "–": "--",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX special characters (``_ % & $ # { } ~ ^ \\``) and map α, ×, arrows ... to math."""
+    return "".join(_LATEX_MAP.get(ch, ch) for ch in str(text))
+
+
+def _md_escape(text: str) -> str:
+    """Keep a cell from breaking a GitHub Markdown table."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+# ---------------------------------------------------------------------------------------------
+# paper tables
+
+
+def load_paper_table(path: Path | str) -> pd.DataFrame:
+    """Read a ``results/paper/table*.csv`` transcription, indexed by its unique ``row`` key."""
+    df = pd.read_csv(path, dtype={"row": str, "label": str}, keep_default_na=False,
+                     na_values=[""])
+    for col in ("row", "label"):
+        if col not in df.columns:
+            raise ValueError(f"{path}: missing required column {col!r}")
+    dup = df["row"][df["row"].duplicated()].tolist()
+    if dup:
+        raise ValueError(f"{path}: duplicate row keys {dup}")
+    unknown = [c for c in df.columns if c not in ("row", "label") and c not in PAPER_METRICS]
+    if unknown:
+        raise ValueError(f"{path}: unknown metric columns {unknown} (expected some of {PAPER_METRICS})")
+    for col in df.columns:
+        if col not in ("row", "label"):
+            df[col] = pd.to_numeric(df[col], errors="raise").astype(float)
+    return df.set_index("row", drop=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    write_text(path, text)
+
+
+def _with_suffix(prefix: Path, suffix: str) -> Path:
+    # Not Path.with_suffix: a prefix such as "table1_r0.43" must keep its dot.
+    return prefix.parent / (prefix.name + suffix)
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+@dataclass(frozen=True)
+class _Col:
+    metric: str
+    source: str          # "paper" or "ours"
+    key: str             # CSV column name
+    title: str           # display title, unescaped
+
+
+def _layout(columns: Sequence[str], counterparts: Mapping[str, str | None]) -> list[_Col]:
+    cols: list[_Col] = []
+    for metric in columns:
+        title = _metric_format(metric).title
+        if counterparts.get(metric):
+            cols.append(_Col(metric, "paper", f"{metric}_paper", f"{title} (paper)"))
+        cols.append(_Col(metric, "ours", f"{metric}_ours", f"{title} (ours)"))
+    return cols
+
+
+def _to_float(value: Any) -> float:
+    if _is_missing(value):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _render_markdown(table_name: str, df: pd.DataFrame, layout: list[_Col],
+                     notes: Sequence[str]) -> str:
+    header = ["Method"] + [c.title for c in layout]
+    align = [":---"] + ["---:"] * len(layout)
+    lines = [f"### {_md_escape(table_name)}", "",
+             "| " + " | ".join(_md_escape(h) for h in header) + " |",
+             "| " + " | ".join(align) + " |"]
+    any_missing = False
+    for _, rec in df.iterrows():
+        cells = [_md_escape(rec["label"])]
+        for c in layout:
+            text = format_value(c.metric, rec[c.key])
+            any_missing |= text == MISSING
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    foot = list(notes)
+    if any_missing:
+        foot.append(f"{MISSING} = no value (not run here, or not reported in the paper).")
+    if foot:
+        lines += ["", "Notes:", ""] + [f"- {_md_escape(n)}" for n in foot]
+    return "\n".join(lines) + "\n"
+
+
+def _render_latex(table_name: str, df: pd.DataFrame, layout: list[_Col], notes: Sequence[str],
+                  latex_notes: str) -> str:
+    out = [f"% {' '.join(str(table_name).split())}: generated by dsbench.tables.render_table; do not edit by hand.",
+           r"% Requires \usepackage{booktabs}."]
+    for n in notes:
+        out.append("% Note: " + " ".join(str(n).split()))
+
+    # group consecutive columns of the same metric under one spanning title
+    groups: list[tuple[str, list[_Col]]] = []
+    for c in layout:
+        if groups and groups[-1][0] == c.metric:
+            groups[-1][1].append(c)
+        else:
+            groups.append((c.metric, [c]))
+
+    spec = " ".join(["l"] + ["r" * len(cs) for _, cs in groups])
+    out.append(r"\begin{tabular}{" + spec + "}")
+    out.append(r"\toprule")
+    top = ["Method"]
+    rules = []
+    col_index = 2
+    for metric, cs in groups:
+        title = latex_escape(_metric_format(metric).title)
+        top.append(rf"\multicolumn{{{len(cs)}}}{{c}}{{{title}}}")
+        rules.append(rf"\cmidrule(lr){{{col_index}-{col_index + len(cs) - 1}}}")
+        col_index += len(cs)
+    out.append(" & ".join(top) + r" \\")
+    out.append(" ".join(rules))
+    out.append(" & ".join([""] + [c.source for c in layout]) + r" \\")
+    out.append(r"\midrule")
+    for _, rec in df.iterrows():
+        cells = [latex_escape(rec["label"])]
+        cells += [format_value(c.metric, rec[c.key], latex=True) for c in layout]
+        out.append(" & ".join(cells) + r" \\")
+    out.append(r"\bottomrule")
+    out.append(r"\end{tabular}")
+    if notes and latex_notes == "below":
+        body = r" \\ ".join(latex_escape(" ".join(str(n).split())) for n in notes)
+        out.append(r"\par\smallskip{\footnotesize\emph{Notes.} " + body + r"\par}")
+    return "\n".join(out) + "\n"
+
+
+def render_table(
+    table_name: str,
+    ours: pd.DataFrame,
+    paper_csv: Path | str | None,
+    rows: list[dict],
+    columns: list[str],
+    out_prefix: Path | str,
+    notes: list[str] | None = None,
+    *,
+    paper_columns: Mapping[str, str | None] | None = None,
+    latex_notes: str = "comment",
+) -> pd.DataFrame:
+    """Render one table comparing ``ours`` with the paper; write ``{out_prefix}.csv/.md/.tex``.
+
+    ``notes`` are listed under the Markdown table and written into the ``.tex`` file as comments
+    (``latex_notes="comment"``, the default, keeps the file a bare tabular) or also as a small
+    footnote paragraph after the tabular (``latex_notes="below"``).
+    ``paper_columns`` overrides :data:`PAPER_COUNTERPARTS` per metric (``None`` unpairs a metric).
+    Returns the table as written to the CSV (one row per entry of ``rows``, in order).
+    """
+    if latex_notes not in ("comment", "below"):
+        raise ValueError(f"latex_notes must be 'comment' or 'below', not {latex_notes!r}")
+    notes = [str(n) for n in (notes or [])]
+    columns = list(columns)
+    reserved = {"method", "label", "paper_row", "in_ours", *PROVENANCE_COLUMNS}
+    bad = [c for c in columns if c in reserved]
+    if bad:
+        raise ValueError(f"columns must be metrics, got reserved names {bad}")
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"duplicate metrics in columns: {columns}")
+
+    counterparts: dict[str, str | None] = dict(PAPER_COUNTERPARTS)
+    counterparts.update(paper_columns or {})
+
+    # ours, keyed by method
+    if "method" not in ours.columns:
+        raise ValueError("ours must have a 'method' column")
+    dup = ours["method"][ours["method"].duplicated()].tolist()
+    if dup:
+        raise ValueError(f"ours has more than one row for methods {dup}")
+    ours_by_method = {str(m): rec for m, rec in zip(ours["method"], ours.to_dict("records"))}
+    absent = [c for c in columns if c not in ours.columns]
+    if absent and len(ours):
+        warnings.warn(f"{table_name}: metrics {absent} are not in ours; rendered as {MISSING}",
+                      stacklevel=2)
+
+    # paper
+    paper = load_paper_table(paper_csv) if paper_csv is not None else None
+
+    # rows
+    seen: set[str] = set()
+    records: list[dict[str, Any]] = []
+    layout = _layout(columns, counterparts)
+    for spec in rows:
+        if "method" not in spec or spec["method"] in (None, ""):
+            raise ValueError(f"row spec without a method: {spec!r}")
+        method = str(spec["method"])
+        if method in seen:
+            raise ValueError(f"method {method!r} listed twice in rows")
+        seen.add(method)
+        paper_row = spec.get("paper_row")
+        paper_row = None if _is_missing(paper_row) else str(paper_row)
+        paper_rec = None
+        if paper_row is not None:
+            if paper is None:
+                raise ValueError(f"row {method!r} names paper_row {paper_row!r} but no paper_csv")
+            if paper_row not in paper.index:
+                raise ValueError(f"paper_row {paper_row!r} not in {paper_csv} "
+                                 f"(keys: {list(paper.index)})")
+            paper_rec = paper.loc[paper_row]
+        ours_rec = ours_by_method.get(method)
+        label = spec.get("label")
+        if _is_missing(label) or label == "":
+            label = paper_rec["label"] if paper_rec is not None else method
+
+        rec: dict[str, Any] = {"method": method, "label": str(label), "paper_row": paper_row,
+                               "in_ours": ours_rec is not None}
+        for c in layout:
+            if c.source == "paper":
+                pcol = counterparts[c.metric]
+                value = paper_rec[pcol] if (paper_rec is not None and pcol in paper_rec.index) else None
+            else:
+                value = ours_rec.get(c.metric) if ours_rec is not None else None
+            rec[c.key] = _to_float(value)
+        for p in PROVENANCE_COLUMNS:
+            value = ours_rec.get(p) if ours_rec is not None else None
+            rec[p] = None if _is_missing(value) else str(value)
+        records.append(rec)
+
+    out_cols = ["method", "label", "paper_row", "in_ours"] + [c.key for c in layout] \
+        + list(PROVENANCE_COLUMNS)
+    df = pd.DataFrame.from_records(records, columns=out_cols)
+    for c in layout:
+        df[c.key] = df[c.key].astype(float)
+    df["in_ours"] = df["in_ours"].astype(bool)
+
+    # render everything before writing anything, then write each file atomically
+    csv_text = df.to_csv(index=False, lineterminator="\n")
+    md_text = _render_markdown(table_name, df, layout, notes)
+    tex_text = _render_latex(table_name, df, layout, notes, latex_notes)
+    prefix = Path(out_prefix)
+    _atomic_write_text(_with_suffix(prefix, ".csv"), csv_text)
+    _atomic_write_text(_with_suffix(prefix, ".md"), md_text)
+    _atomic_write_text(_with_suffix(prefix, ".tex"), tex_text)
+    return df

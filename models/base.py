@@ -1,0 +1,153 @@
+"""The adapter contract every model family implements.
+
+An adapter knows one diffusers model family: how to build its pipeline (real weights, tiny seeded
+weights, or full size on the meta device), where its blocks and sub-layers are, the token grid of the
+image stream, and how to sample a batch of conditions with one generator per sample.
+Methods and metrics only talk to this contract, so a new family (FLUX's dual-stream blocks, Wan's
+3-D tokens) adds an adapter and nothing else.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from models import weights as weights_mod
+from models.registry import ModelPreset
+
+SOURCES = ("real", "tiny", "meta")
+
+
+def scheduler_class(name: str):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    table = {"dpm_solver_pp": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}
+    if name not in table:
+        raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(table)}")
+    return table[name]
+
+
+def host_timesteps(cls):
+    """Scheduler subclass that keeps its timesteps on the host whatever device the pipeline asks for.
+
+    On the meta device the pipelines would put timesteps on meta, and the scheduler's table lookups
+    (alphas_cumprod[t]) need real values; the latents stay on meta either way.
+    """
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+        return cls.set_timesteps(self, num_inference_steps, device=None, **kwargs)
+
+    return type(f"Host{cls.__name__}", (cls,), {"set_timesteps": set_timesteps})
+
+
+def seeded(seed: int):
+    """Context in which module construction draws its random weights from `seed`, leaving global RNG alone."""
+    class _Seeded:
+        def __enter__(self):
+            self._fork = torch.random.fork_rng(devices=[])
+            self._fork.__enter__()
+            torch.manual_seed(seed)
+
+        def __exit__(self, *exc):
+            return self._fork.__exit__(*exc)
+
+    return _Seeded()
+
+
+class ModelAdapter:
+    family: ClassVar[str]
+    # Hookable sub-layers of one block, in execution order (names of the block's child modules).
+    sublayers: ClassVar[tuple[str, ...]]
+    # What kind each sub-layer is: "self_attn", "cross_attn" or "mlp" (rankings and MAC tables use it).
+    sublayer_kinds: ClassVar[dict[str, str]]
+
+    def __init__(self, preset: ModelPreset):
+        self.preset = preset
+
+    # ---- building -------------------------------------------------------------------------------
+    def build(self, source: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+              scheduler: str, weights: str | None = None, seed: int = 0):
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}; one of {SOURCES}")
+        if source == "real" and self.preset.is_tiny:
+            raise ValueError(f"{self.preset.name} is a tiny model: it has no real weights; use source 'tiny'")
+        if source == "tiny" and not self.preset.is_tiny:
+            raise ValueError(f"{self.preset.name} is a full-size model: use source 'real' or 'meta'")
+        if source == "real":
+            pipe = self._load_real(weights or self.preset.hub_id, dtype)
+            pipe.scheduler = scheduler_class(scheduler).from_config(pipe.scheduler.config)
+        elif source == "meta":
+            sched = host_timesteps(scheduler_class(scheduler))()  # built outside the meta context
+            with torch.device("meta"):
+                pipe = self._assemble(sched, text=False)
+            pipe.transformer.to("meta")  # buffers created outside the device context
+        else:
+            with seeded(seed):
+                pipe = self._assemble(scheduler_class(scheduler)(), text=True)
+            if dtype != torch.float32:
+                pipe.to(dtype=dtype)
+        if source != "meta":
+            pipe.to(device=device)
+        # Decode one sample at a time: CPU convolutions are not batch-invariant, and a sample must not
+        # depend on the batch it was drawn in.
+        pipe.vae.enable_slicing()
+        pipe.set_progress_bar_config(disable=True)
+        for m in pipe.components.values():
+            if isinstance(m, torch.nn.Module):
+                m.eval().requires_grad_(False)
+        return pipe
+
+    def _assemble(self, scheduler, text: bool):
+        """Pipeline from the preset's configs with fresh weights (tiny, or on the meta device)."""
+        raise NotImplementedError
+
+    def _load_real(self, repo: str, dtype: torch.dtype):
+        raise NotImplementedError
+
+    def weight_repos(self) -> list[str]:
+        """Repos (hub ids) whose presence real runs need; `dsbench doctor` checks them."""
+        return [r for r in (self.preset.hub_id, self.preset.transformer_hub_id) if r]
+
+    @staticmethod
+    def _resolve(repo: str):
+        return weights_mod.resolve(repo)
+
+    # ---- structure ------------------------------------------------------------------------------
+    def denoiser(self, pipe) -> torch.nn.Module:
+        return pipe.transformer
+
+    def blocks(self, pipe) -> Sequence[torch.nn.Module]:
+        return list(pipe.transformer.transformer_blocks)
+
+    def sublayer(self, block: torch.nn.Module, name: str) -> torch.nn.Module:
+        return getattr(block, name)
+
+    def token_grid(self) -> tuple[int, int]:
+        side = self.preset.latent_size // self.preset.transformer["patch_size"]
+        return side, side
+
+    # ---- sampling -------------------------------------------------------------------------------
+    def sample(self, pipe, conditions: Sequence[Any], seeds: Sequence[int], *, num_steps: int,
+               guidance_scale: float) -> torch.Tensor | None:
+        """Images as uint8 (N, H, W, 3) on the CPU; None on the meta device (nothing to look at there).
+
+        Sample i's initial noise comes from its own generator seeded with seeds[i], so a sample does
+        not depend on the batch it was drawn in.
+        """
+        if len(conditions) != len(seeds):
+            raise ValueError(f"{len(conditions)} conditions but {len(seeds)} seeds")
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        images = self._call(pipe, list(conditions), generators, num_steps, guidance_scale)
+        if images.device.type == "meta":
+            return None
+        # The same rounding as diffusers' numpy_to_pil.
+        return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+    def _call(self, pipe, conditions, generators, num_steps, guidance_scale) -> torch.Tensor:
+        """Run the diffusers pipeline; float images in [0, 1], NCHW."""
+        raise NotImplementedError
+
+
+def adapter_for(preset: ModelPreset) -> ModelAdapter:
+    module = importlib.import_module(f"models.{preset.family}")
+    return module.Adapter(preset)

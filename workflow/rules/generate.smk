@@ -1,0 +1,14 @@
+rule generate_shard:
+    output: "results/samples/{model}/{method}/shard_{shard}.npz"
+    params: config=cell_config
+    resources: gpu=1
+    log: "logs/generate/{model}/{method}/{shard}.log"
+    shell: "dsbench generate --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --shard {wildcards.shard} > {log} 2>&1"
+
+
+rule reference_stats:
+    output: "results/reference/{model}.npz"
+    params: config=cell_config
+    resources: gpu=1
+    log: "logs/reference/{model}.log"
+    shell: "dsbench reference --config {params.config:q} --model {wildcards.model} --out {output} > {log} 2>&1"

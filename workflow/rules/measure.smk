@@ -1,0 +1,46 @@
+rule macs:
+    # Counted while a whole sampling run executes, on the meta device: full size, no weights needed.
+    output: "results/macs/{model}/{method}.json"
+    params: config=cell_config
+    log: "logs/macs/{model}/{method}.log"
+    shell: "dsbench macs --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --device meta --out {output} > {log} 2>&1"
+
+
+rule latency:
+    # Every method of a model in one process, interleaved: speedups compare like with like.
+    output: "results/latency/{model}.json"
+    params: config=cell_config
+    resources: gpu=1
+    log: "logs/latency/{model}.log"
+    shell: "dsbench latency --config {params.config:q} --model {wildcards.model} --out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        samples=lambda wc: shards(wc.model, wc.method),
+        baseline=lambda wc: shards(wc.model, "none"),
+        reference="results/reference/{model}.npz",
+    output: "results/metrics/{model}/{method}.json"
+    params: config=cell_config
+    resources: gpu=1
+    log: "logs/evaluate/{model}/{method}.log"
+    shell: "dsbench evaluate --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --reference {input.reference} --out {output} > {log} 2>&1"
+
+
+rule aggregate:
+    input:
+        macs=lambda wc: expand("results/macs/{{model}}/{method}.json", method=model_methods(wc.model)),
+        metrics=lambda wc: expand("results/metrics/{{model}}/{method}.json", method=model_methods(wc.model)),
+        latency="results/latency/{model}.json",
+    output: "results/{model}.csv"
+    params: config=cell_config
+    log: "logs/aggregate/{model}.log"
+    shell: "dsbench aggregate --config {params.config:q} --model {wildcards.model} --out {output} > {log} 2>&1"
+
+
+rule alias_cell:
+    # Short names for model cells: results/pixart_512.csv is results/pixart_alpha_512.csv.
+    input: lambda wc: f"results/{ALIASES[wc.alias]}.csv"
+    output: "results/{alias}.csv"
+    wildcard_constraints: alias="|".join(ALIASES)
+    shell: "cp {input} {output}"

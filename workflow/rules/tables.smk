@@ -1,0 +1,26 @@
+localrules: render_table, table1, smoke, all
+
+
+rule render_table:
+    input:
+        cell=lambda wc: f"results/{config['tables'][wc.table]['model']}.csv",
+        paper=lambda wc: [p for p in [f"results/paper/{wc.table}.csv"] if os.path.exists(p)],
+    output: table_output("{table}")
+    wildcard_constraints: table="table[0-9]+"
+    params: config=json.dumps(config, sort_keys=True)
+    log: "logs/render/{table}.log"
+    shell: "dsbench render --config {params.config:q} --table {wildcards.table} > {log} 2>&1"
+
+
+rule table1:
+    input: table_output("table1")
+
+
+rule smoke:
+    # Every table of the (tiny) configured matrix.
+    input: [table_output(t) for t in config["tables"]]
+
+
+rule all:
+    default_target: True
+    input: [table_output(t) for t in config["tables"]]
