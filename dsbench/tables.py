@@ -132,6 +132,9 @@ def format_value(metric: str, value: Any, *, latex: bool = False) -> str:
         return latex_escape(text) if latex else _md_escape(text)
     if math.isinf(x):
         body = ("-" if x < 0 else "") + (r"$\infty$" if latex else "∞")
+    elif x != 0 and abs(x) < 10 ** -fmt.decimals:
+        # Tiny-model values (MACs in giga, FID of a seeded test network) would all print as 0.
+        body = f"{x:.3g}"
     else:
         body = f"{x:.{fmt.decimals}f}"
     return body + (fmt.tex_suffix if latex else fmt.md_suffix)

@@ -3,9 +3,10 @@
 A hook on each (block, sub-layer) decides, at the current step, whether to compute the sub-layer or to
 reuse its cached output. The hooks sit on the sub-layers (attn1/attn2/ff), whose outputs are pre-gate:
 the block still applies the *current* step's gate to a reused output, which is what the token-cache
-methods prescribe. A hook on the denoiser counts steps. State is reset explicitly and also
-automatically after the plan's last step, so nothing leaks into the next pipeline call (diffusers'
+methods prescribe. A hook on the denoiser counts steps. Nothing may leak into the next pipeline call (diffusers'
 own hooks leak state between calls on PixArt/DiT, see shared/reference/diffusers-internals.md §5).
+State is reset explicitly before each pipeline call (`reset()`); the cache is also freed after the
+plan's last step. A denoiser call past the plan's end is an error rather than a silent wrap-around.
 """
 from __future__ import annotations
 
@@ -97,11 +98,11 @@ class Engine:
             step = self.step
             self.reset()
             raise RuntimeError(f"the denoiser was called for step {step} but the plan has {self.plan.steps} "
-                               "steps; sample with the method's num_steps")
+                               "steps: sample with the method's num_steps, and reset() between pipeline calls")
 
     def _end_step(self) -> None:
         if self.step == self.plan.steps - 1:
-            self.reset()  # the call is over: drop every cached tensor
+            self.cache.clear()  # the run is over: free every cached tensor
 
     def _run_sublayer(self, block: int, sublayer: str, forward, args, kwargs):
         ratio = self.plan.ratio(self.step, block, sublayer)

@@ -45,7 +45,8 @@ class MacTally:
                 self.c1_per_row += macs / rows
 
     def per_image(self, images: int) -> dict[str, float]:
-        return {"macs_c1": self.c1_per_row / images, "macs_total": self.total / images,
+        # c1 is already per batch row (one image, one CFG branch); total is per image, CFG rows included.
+        return {"macs_c1": self.c1_per_row, "macs_total": self.total / images,
                 "denoiser_calls": self.calls}
 
 

@@ -1,0 +1,27 @@
+# The two quick-start commands (see README): `make smoke` and `make test`. Both create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: smoke test test-fast dryrun
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# The whole DAG (generate -> measure -> aggregate -> render) on the tiny embedded default.
+smoke: $(VENV)/.installed
+	snakemake --configfile tests/smoke.yaml --replace-workflow-config --cores 2 smoke
+	@cat results/tables/table1.md
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+# The paper's full DAG, planned without running anything (no weights needed).
+dryrun: $(VENV)/.installed
+	snakemake -n --cores 8 table1

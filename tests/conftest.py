@@ -1,0 +1,77 @@
+"""Shared helpers for the config and workflow tests: the repo paths and a Snakemake runner.
+
+Snakemake always runs as a subprocess of *this* interpreter (`python -m snakemake`), with this
+interpreter's bin/ first on PATH so the rules' `dsbench` verbs resolve to the same environment, in a
+working directory of its own (`--directory`), with the workflow profile disabled.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+CONFIG_YAML = REPO / "config.yaml"
+SMOKE_YAML = REPO / "tests" / "smoke.yaml"
+
+
+@dataclass
+class Run:
+    args: list[str]
+    returncode: int
+    output: str          # stdout and stderr, interleaved as written
+
+    def tail(self, n: int = 80) -> str:
+        return "\n".join(self.output.splitlines()[-n:])
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for subprocesses: this interpreter's scripts (dsbench, snakemake) first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: float = 120) -> Run:
+    """`python -m snakemake -s <repo>/Snakefile --directory <workdir> --workflow-profile none <args>`."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
+           "--workflow-profile", "none", *args]
+    p = subprocess.run(cmd, cwd=workdir, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=timeout)
+    return Run(cmd, p.returncode, p.stdout)
+
+
+def run_dsbench(*args: str, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The `dsbench` console script of this environment (the entry point users and rules call)."""
+    exe = Path(sys.executable).parent / "dsbench"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from dsbench.cli import main; "
+                                                                  "sys.exit(main())"]
+    return subprocess.run([*cmd, *args], cwd=cwd, env=tool_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def snakemake():
+    """`snakemake(workdir, *args, timeout=...) -> Run`: see :func:`run_snakemake`."""
+    return run_snakemake
+
+
+@pytest.fixture(scope="session")
+def dsbench_cli():
+    """`dsbench_cli(*args, cwd=REPO) -> CompletedProcess`: see :func:`run_dsbench`."""
+    return run_dsbench
+
+
+@pytest.fixture
+def smoke_yaml() -> dict:
+    """A fresh deep copy of tests/smoke.yaml as loaded by yaml (not validated, no defaults filled)."""
+    return copy.deepcopy(yaml.safe_load(SMOKE_YAML.read_text()))

@@ -1,0 +1,213 @@
+"""The experiment matrix: schema <-> registries, every error naming the key at fault, in
+`dsbench.config`, in Snakemake (which validates with the same schema before building any job) and in
+the `dsbench` CLI."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dsbench import config as dsconfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# the shipped configs
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "tests/smoke.yaml"])
+def test_shipped_config_validates(name):
+    cfg = dsconfig.load(ROOT / name)
+    assert cfg["models"] and cfg["methods"] and cfg["tables"]
+    # schema defaults are filled in
+    assert cfg["metrics"]["clip_mode"] == "correct"
+    assert "fidelity_samples" in cfg
+    for model in cfg["models"].values():
+        assert "none" in model["methods"]
+        assert model.get("reference") in ("coco2017_val", "imagenet_train", "heldout")
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "tests/smoke.yaml"])
+def test_restricted_cell_config_round_trips(name):
+    """Every rule receives `restrict(config, model)` as inline JSON; it must load by itself."""
+    cfg = dsconfig.load(ROOT / name)
+    for model in cfg["models"]:
+        cell = dsconfig.load_arg(json.dumps(dsconfig.restrict(cfg, model), sort_keys=True))
+        assert list(cell["models"]) == [model]
+        assert sorted(cell["methods"]) == sorted(cfg["models"][model]["methods"])
+
+
+def test_load_missing_file_names_the_path(tmp_path):
+    with pytest.raises(dsconfig.ConfigError, match="config file not found: .*nope.yaml"):
+        dsconfig.load(tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# schema enums == registries
+
+
+def test_schema_model_enum_matches_registry():
+    from models.registry import MODELS
+
+    enum = SCHEMA["properties"]["models"]["propertyNames"]["enum"]
+    assert len(enum) == len(set(enum)), f"duplicate names in the schema's model enum: {enum}"
+    # Compared as sorted lists: the schema lists them in registry order, not alphabetically.
+    assert sorted(enum) == sorted(MODELS)
+
+
+def test_schema_method_enum_matches_registry():
+    from methods.registry import METHODS
+
+    enum = SCHEMA["$defs"]["method"]["properties"]["method"]["enum"]
+    assert len(enum) == len(set(enum)), f"duplicate names in the schema's method enum: {enum}"
+    assert sorted(enum) == sorted(METHODS)
+    # Each registered method has its settings branch (if method == X then ...): a method without
+    # one would accept any settings unchecked.
+    branches = {b["if"]["properties"]["method"]["const"] for b in SCHEMA["$defs"]["method"]["allOf"]}
+    assert branches == set(METHODS)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad configs: one mutation of tests/smoke.yaml each
+
+
+def _unknown_model(c):
+    c["models"] = {"tiny_foo": c["models"].pop("tiny_pixart")}
+    c["tables"]["table1"]["model"] = "tiny_foo"
+
+
+def _unknown_method(c):
+    c["methods"]["x"] = {"method": "nosuch"}
+
+
+def _ratio(value):
+    def mutate(c):
+        c["methods"]["steps_50"]["ratio"] = value
+    return mutate
+
+
+def _steps_zero(c):
+    c["models"]["tiny_pixart"]["steps"] = 0
+
+
+def _no_guidance(c):
+    del c["models"]["tiny_pixart"]["guidance_scale"]
+
+
+def _no_seed(c):
+    del c["seed"]
+
+
+def _undefined_variant(c):
+    c["models"]["tiny_pixart"]["methods"].append("steps_25")
+
+
+def _row_not_run(c):
+    c["methods"]["steps_25"] = {"method": "steps", "ratio": 0.25}   # defined, but not run on the model
+    c["tables"]["table1"]["rows"].append({"method": "steps_25", "label": "25% steps"})
+
+
+# id -> (mutation, substrings of the ConfigError message, substrings of Snakemake's output)
+BAD = {
+    "unknown_model": (_unknown_model,
+                      ["invalid config at models:", "'tiny_foo' is not one of"],
+                      ["'tiny_foo' is not one of"]),
+    "unknown_method": (_unknown_method,
+                       ["invalid config at methods.x.method:", "'nosuch' is not one of"],
+                       ["'nosuch' is not one of", "['methods']['x']['method']"]),
+    "ratio_above_1": (_ratio(1.5),
+                      ["invalid config at methods.steps_50.ratio:", "1.5"],
+                      ["['methods']['steps_50']['ratio']", "1.5"]),
+    "ratio_negative": (_ratio(-0.1),
+                       ["invalid config at methods.steps_50.ratio:", "-0.1"],
+                       ["['methods']['steps_50']['ratio']", "-0.1"]),
+    "steps_zero": (_steps_zero,
+                   ["invalid config at models.tiny_pixart.steps:", "0 is less than the minimum of 1"],
+                   ["['models']['tiny_pixart']['steps']", "0 is less than the minimum of 1"]),
+    "missing_guidance_scale": (_no_guidance,
+                               ["invalid config at models.tiny_pixart:",
+                                "'guidance_scale' is a required property"],
+                               ["'guidance_scale' is a required property", "['models']['tiny_pixart']"]),
+    "missing_seed": (_no_seed,
+                     ["'seed' is a required property"],
+                     ["'seed' is a required property"]),
+    "undefined_method_variant": (_undefined_variant,
+                                 ["invalid config at models.tiny_pixart.methods:",
+                                  "unknown method variant 'steps_25'"],
+                                 ["models.tiny_pixart.methods", "unknown method variant 'steps_25'"]),
+    "table_row_not_run": (_row_not_run,
+                          ["invalid config at tables.table1.rows.2.method:",
+                           "'steps_25' is not run on tiny_pixart"],
+                          ["tables.table1.rows.2.method", "'steps_25' is not run on tiny_pixart"]),
+}
+
+
+def _bad_config(smoke_yaml, case):
+    cfg = copy.deepcopy(smoke_yaml)
+    BAD[case][0](cfg)
+    return cfg
+
+
+def test_smoke_config_unmutated_is_valid(smoke_yaml):
+    """The baseline of the bad-config cases: each failure below comes from its mutation alone."""
+    dsconfig.validate(copy.deepcopy(smoke_yaml))
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_validate_names_the_key(smoke_yaml, case):
+    with pytest.raises(dsconfig.ConfigError) as info:
+        dsconfig.validate(_bad_config(smoke_yaml, case))
+    msg = str(info.value)
+    for part in BAD[case][1]:
+        assert part in msg, f"{part!r} not in {msg!r}"
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_snakemake_rejects_bad_config(smoke_yaml, case, tmp_path, snakemake):
+    bad = tmp_path / f"{case}.yaml"
+    bad.write_text(yaml.safe_dump(_bad_config(smoke_yaml, case), allow_unicode=True, sort_keys=False))
+    run = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(bad), "--replace-workflow-config",
+                    "smoke")
+    assert run.returncode != 0, run.tail()
+    # refused as a config error before any job was planned, naming the key and value at fault
+    assert "Error validating config file" in run.output or "invalid config at" in run.output, run.tail()
+    for part in BAD[case][2]:
+        assert part in run.output, f"{part!r} not in Snakemake's output:\n{run.tail()}"
+    assert "Job stats" not in run.output
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "logs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the dsbench CLI
+
+
+def test_cli_macs_unknown_model(dsbench_cli):
+    p = dsbench_cli("macs", "--config", "tests/smoke.yaml", "--model", "nosuch", "--method", "none")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "dsbench macs: error:" in p.stderr
+    assert "unknown model 'nosuch'" in p.stderr
+    assert "tiny_pixart" in p.stderr            # says which models are configured
+    assert "Traceback" not in p.stderr
+
+
+def test_cli_macs_unknown_method(dsbench_cli):
+    p = dsbench_cli("macs", "--config", "tests/smoke.yaml", "--model", "tiny_pixart", "--method", "nosuch")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "dsbench macs: error:" in p.stderr
+    assert "'nosuch'" in p.stderr and "methods.nosuch.method" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_cli_bad_config_file_names_the_key(dsbench_cli, smoke_yaml, tmp_path):
+    smoke_yaml["methods"]["steps_50"]["ratio"] = 1.5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(smoke_yaml, allow_unicode=True))
+    p = dsbench_cli("macs", "--config", str(bad), "--model", "tiny_pixart", "--method", "none")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "invalid config at methods.steps_50.ratio" in p.stderr

@@ -1,0 +1,53 @@
+"""MACs counted while sampling runs: the paper's figures on full-size meta models, meta == real counts."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dsbench import config as config_mod
+from dsbench.cell import Cell
+from dsbench.measure import count_macs
+from tests.util import REPO, smoke_config, with_dit
+
+
+def test_meta_count_equals_real_count_on_tiny_models():
+    cfg = with_dit(smoke_config())
+    for model in ("tiny_pixart", "tiny_dit"):
+        for method in ("none", "steps_50"):
+            meta = count_macs(Cell(cfg, model, method), "meta")
+            real = count_macs(Cell(cfg, model, method), "cpu")
+            assert meta["macs_c1"] == real["macs_c1"] > 0
+            assert meta["macs_total"] == real["macs_total"] > meta["macs_c1"]
+            assert meta["denoiser_calls"] == Cell(cfg, model, method).num_steps
+
+
+def test_steps_halves_macs_and_counts_scale_per_image():
+    cfg = smoke_config()
+    none, half = count_macs(Cell(cfg, "tiny_pixart", "none")), count_macs(Cell(cfg, "tiny_pixart", "steps_50"))
+    assert half["macs_c1"] == pytest.approx(none["macs_c1"] / 2, rel=1e-12)
+    three = count_macs(Cell(cfg, "tiny_pixart", "none"), images=3)
+    assert three["macs_c1"] == pytest.approx(none["macs_c1"], rel=1e-12)  # per image, batch-independent
+    # macs_total includes the CFG batch: at least twice the single-branch linear count.
+    assert none["macs_total"] > 2 * none["macs_c1"]
+
+
+def test_pixart_alpha_256_none_matches_the_paper_via_cli():
+    out = subprocess.run([sys.executable, "-m", "dsbench", "macs", "--model", "pixart_alpha_256", "--method",
+                          "none", "--device", "meta", "--json"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["num_steps"] == 20 and r["denoiser_calls"] == 20
+    assert r["macs_c1"] == pytest.approx(2.86e12, rel=0.01)       # paper Table 1
+    assert r["macs_total"] == pytest.approx(5.962e12, rel=0.01)   # attention + CFG batch (reference note §4)
+    text = subprocess.run([sys.executable, "-m", "dsbench", "macs", "--model", "pixart_alpha_256", "--method",
+                           "steps", "--set", "ratio=0.5"], cwd=REPO, capture_output=True, text=True)
+    assert "macs_c1 1.428 T" in text.stdout, text.stdout + text.stderr
+
+
+def test_dit_xl_2_macs_and_the_papers_cfg_convention():
+    cfg = config_mod.load(REPO / "config.yaml")
+    r = count_macs(Cell(cfg, "dit_xl_2_256", "none"), "meta")
+    assert r["num_steps"] == 50
+    assert r["macs_c1"] == pytest.approx(5.72e12, rel=0.01)
+    assert 2 * r["macs_c1"] == pytest.approx(11.44e12, rel=0.01)  # the paper counts the CFG batch of 2
