@@ -67,7 +67,8 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         fid_ = Fidelity(lpips_net, dev)
         for a, b in zip(iter_images(folder, n, shard, limit=k), iter_images(base, n, shard, limit=k)):
             fid_.update(a, b)
-        out |= {"psnr": fid_.compute()["psnr"], "lpips": fid_.compute()["lpips"], "fidelity_n": k}
+        fidelity = fid_.compute()
+        out |= {"psnr": fidelity["psnr"], "lpips": fidelity["lpips"], "fidelity_n": fidelity["n"]}
     return out
 
 

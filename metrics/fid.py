@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -63,18 +61,11 @@ class FeatureStats:
 
     def save(self, path: str | Path, meta: dict) -> None:
         """Write mu/sigma/n/meta to ``.npz`` atomically (temp file in the same dir + os.replace)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:  # file object: np.savez would append ".npz" to a name
-                np.savez(fh, mu=self.mean(), sigma=self.cov(), n=np.int64(self.n),
-                         meta=np.array(json.dumps(meta, sort_keys=True)))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from dsbench.io import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # np.savez would append ".npz" to a name
+            np.savez(fh, mu=self.mean(), sigma=self.cov(), n=np.int64(self.n),
+                     meta=np.array(json.dumps(meta, sort_keys=True)))
 
     @staticmethod
     def load(path: str | Path) -> tuple[np.ndarray, np.ndarray, int, dict]:

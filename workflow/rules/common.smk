@@ -12,6 +12,7 @@ except dsconfig.ConfigError as e:
     raise ValueError(str(e)) from None
 
 MODELS = list(config["models"])
+PAPER_DIR = dsconfig.REPO / "results" / "paper"
 ALIASES = {"pixart_256": "pixart_alpha_256", "pixart_512": "pixart_alpha_512", "dit": "dit_xl_2_256"}
 
 wildcard_constraints:

@@ -4,12 +4,13 @@ localrules: render_table, table1, smoke, all
 rule render_table:
     input:
         cell=lambda wc: f"results/{config['tables'][wc.table]['model']}.csv",
-        paper=lambda wc: [p for p in [f"results/paper/{wc.table}.csv"] if os.path.exists(p)],
+        # The paper's numbers ship with the code, so they are read from the repo even under --directory.
+        paper=lambda wc: [p for p in [PAPER_DIR / f"{wc.table}.csv"] if p.exists()],
     output: table_output("{table}")
     wildcard_constraints: table="table[0-9]+"
     params: config=json.dumps(config, sort_keys=True)
     log: "logs/render/{table}.log"
-    shell: "dsbench render --config {params.config:q} --table {wildcards.table} > {log} 2>&1"
+    shell: "dsbench render --config {params.config:q} --table {wildcards.table} --paper-dir {PAPER_DIR:q} > {log} 2>&1"
 
 
 rule table1:
