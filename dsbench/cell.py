@@ -74,14 +74,15 @@ class Cell:
             scheduler=self.model_cfg["scheduler"], weights=self.model_cfg.get("weights"), seed=self.config["seed"])
 
     def plan(self, pipe):
-        return self.accelerator.plan(self.num_steps, len(self.adapter.blocks(pipe)), self.adapter.sublayers)
+        return self.accelerator.plan(self.num_steps, self.adapter.layout(pipe))
 
     @contextlib.contextmanager
     def accelerated(self, pipe):
         """The method's engine attached to `pipe` for the duration of the context."""
         from methods.engine import Engine
 
-        with Engine(self.adapter, pipe, self.plan(pipe)) as engine:
+        halves = self.adapter.cfg_halves(self.model_cfg["guidance_scale"])
+        with Engine(self.adapter, pipe, self.plan(pipe), self.accelerator.ranking(), halves) as engine:
             yield engine
 
     def sample(self, pipe, engine, conditions, seeds):

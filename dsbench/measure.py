@@ -22,6 +22,41 @@ def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
                            "macs_total": "all counted denoiser ops per image, attention and CFG batch included"}}
 
 
+def predict_macs(cell: Cell) -> float:
+    """`macs_c1` predicted from the cell's plan and per-module costs calibrated on the meta device.
+
+    Two counted two-step runs: A computes both steps, B skips every block at step 1. Per module,
+    A − B is what it costs when its block computes and (2B − A)/2 what it costs on every step.
+    (PixArt's pipeline mishandles a one-step run, hence two steps.)
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from methods.engine import Engine
+    from methods.plan import SKIP_OUTPUT, Plan
+    from metrics.macs import module_costs, predict_c1
+
+    pipe = cell.build_pipeline(meta=True)
+    denoiser, layout = cell.adapter.denoiser(pipe), cell.adapter.layout(pipe)
+    guidance = cell.model_cfg["guidance_scale"]
+    skip = torch.zeros(2, layout.blocks, dtype=torch.int8)
+    skip[1] = SKIP_OUTPUT
+    counts = []
+    for plan in (Plan.full(2, layout.blocks, layout.sublayers),
+                 Plan(torch.ones(2, layout.blocks, len(layout.sublayers)), layout.sublayers, skip=skip)):
+        with Engine(cell.adapter, pipe, plan), FlopCounterMode(display=False) as counter:
+            cell.adapter.sample(pipe, _dummy_conditions(cell, 1), [0], num_steps=2, guidance_scale=guidance)
+        counts.append(module_costs(counter.get_flop_counts(), type(denoiser).__name__,
+                                   rows=cell.adapter.cfg_halves(guidance)))
+    a, b = counts
+    per_compute = {k: a[k] - b.get(k, 0.0) for k in a}
+    per_step = {k: (2 * b.get(k, 0.0) - a[k]) / 2 for k in a}
+    names = {id(m): n for n, m in denoiser.named_modules()}
+    blocks = [names[id(blk)] for blk in cell.adapter.blocks(pipe)]
+    h, w = cell.adapter.token_grid()
+    return predict_c1(cell.plan(pipe), per_compute, per_step, blocks, h * w)
+
+
 def _dummy_conditions(cell: Cell, n: int) -> list:
     return [0] * n if cell.adapter.family == "dit" else ["a photo"] * n
 

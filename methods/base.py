@@ -1,7 +1,9 @@
-"""The method interface: a validated config, the number of sampling steps, and a plan.
+"""The method interface: a validated config, the number of sampling steps, a plan and a ranking.
 
 A method is small on purpose (see DESIGN.md): everything that touches the model goes through the one
-engine in methods/engine.py, and nothing model-specific lives in a method module.
+engine in methods/engine.py, and nothing model-specific lives in a method module: where the specs give
+per-model constants (ToCa's schedule, spatial bonus), they are settings with the PixArt values as
+defaults, and config.yaml sets them per model.
 """
 from __future__ import annotations
 
@@ -9,6 +11,18 @@ import dataclasses
 from typing import Any, ClassVar
 
 from methods.plan import Plan
+from methods.rankings import Ranking
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What a method may know of the model: its depth and the kind of each sub-layer."""
+    blocks: int
+    sublayers: tuple[str, ...]
+    kinds: tuple[str, ...]   # "self_attn" | "cross_attn" | "mlp", aligned with sublayers
+
+    def index(self, kind: str) -> int | None:
+        return self.kinds.index(kind) if kind in self.kinds else None
 
 
 class Method:
@@ -27,9 +41,13 @@ class Method:
         """Sampling steps this method runs when the model's schedule has `base_steps`."""
         return base_steps
 
-    def plan(self, num_steps: int, num_blocks: int, sublayers: tuple[str, ...]) -> Plan:
+    def plan(self, num_steps: int, layout: Layout) -> Plan:
         """The static plan; the default computes everything."""
-        return Plan.full(num_steps, num_blocks, sublayers)
+        return Plan.full(num_steps, layout.blocks, layout.sublayers)
+
+    def ranking(self) -> Ranking | None:
+        """How partial sub-layers choose their tokens (None: the plan has no partial ratios)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self.config)}
@@ -40,3 +58,8 @@ def check_ratio(method: str, key: str, value: float, *, low_open: bool = False) 
     if bad:
         interval = "(0, 1]" if low_open else "[0, 1]"
         raise ValueError(f"{method}.{key} must be in {interval}, got {value!r}")
+
+
+def check_positive_int(method: str, key: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{method}.{key} must be an integer >= 1, got {value!r}")

@@ -1,22 +1,44 @@
 """The one engine: runs any plan on any adapter's pipeline through diffusers hooks.
 
-A hook on each (block, sub-layer) decides, at the current step, whether to compute the sub-layer or to
-reuse its cached output. The hooks sit on the sub-layers (attn1/attn2/ff), whose outputs are pre-gate:
-the block still applies the *current* step's gate to a reused output, which is what the token-cache
-methods prescribe. A hook on the denoiser counts steps. Nothing may leak into the next pipeline call (diffusers'
+Hooks sit on each block and on each block's sub-layers (attn1/attn2/ff). At the current step a
+sub-layer either
+- computes every token (and refreshes its cache),
+- computes k tokens chosen by a ranking: they are gathered from its input, run through the sub-layer
+  (attention: queries from those tokens, keys and values from the full sequence or the full text),
+  and scattered into the cached output; a per-token staleness counter tracks the rest,
+- or reuses its cached output (a copy, or a Taylor forecast).
+Sub-layer outputs are pre-gate, so the block applies the *current* step's gate to whatever the
+sub-layer returns. A block may also be skipped whole (its cached residual is added, or its last output
+returned). A hook on the denoiser counts steps.
+
+State is reset explicitly before each pipeline call (`reset()`); caches are freed after the plan's
+last step, and a denoiser call past the plan's end is an error, not a silent wrap-around (diffusers'
 own hooks leak state between calls on PixArt/DiT, see shared/reference/diffusers-internals.md §5).
-State is reset explicitly before each pipeline call (`reset()`); the cache is also freed after the
-plan's last step. A denoiser call past the plan's end is an error rather than a silent wrap-around.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from methods.plan import Plan
+from methods.plan import COMPUTE, SKIP_OUTPUT, SKIP_RESIDUAL, Plan
+from methods.rankings import Ranking, choose
 
 _SUBLAYER_HOOK = "dsbench_sublayer"
+_BLOCK_HOOK = "dsbench_block"
 _STEP_HOOK = "dsbench_step"
+
+
+@dataclass
+class SublayerState:
+    """Cache of one (block, sub-layer): its last output, the inputs it was computed on, staleness."""
+    output: torch.Tensor | None = None
+    last_input: torch.Tensor | None = None
+    staleness: torch.Tensor | None = None     # int (B, N): steps since each token was computed
+    taylor: list[torch.Tensor] = field(default_factory=list)   # f, Δf, Δ²f ... at the last full step
+    full_step: int | None = None
 
 
 class _StepHook(ModelHook):
@@ -33,57 +55,101 @@ class _StepHook(ModelHook):
         return output
 
 
-class _SublayerHook(ModelHook):
-    def __init__(self, engine: "Engine", block: int, sublayer: str):
+class _BlockHook(ModelHook):
+    def __init__(self, engine: "Engine", block: int):
         super().__init__()
-        self.engine, self.block, self.sublayer = engine, block, sublayer
+        self.engine, self.block = engine, block
 
     def new_forward(self, module, *args, **kwargs):
-        return self.engine._run_sublayer(self.block, self.sublayer, self.fn_ref.original_forward, args, kwargs)
+        return self.engine._run_block(self.block, self.fn_ref.original_forward, args, kwargs)
+
+
+class _SublayerHook(ModelHook):
+    def __init__(self, engine: "Engine", block: int, sublayer: str, kind: str):
+        super().__init__()
+        self.engine, self.block, self.sublayer, self.kind = engine, block, sublayer, kind
+
+    def new_forward(self, module, *args, **kwargs):
+        return self.engine._run_sublayer(self, module, self.fn_ref.original_forward, args, kwargs)
+
+
+def _split_tokens(args, kwargs):
+    """The token tensor a sub-layer is called with, and a function to call it with other tokens."""
+    if args:
+        return args[0], lambda fwd, x, **extra: fwd(x, *args[1:], **{**kwargs, **extra})
+    x = kwargs["hidden_states"]
+    return x, lambda fwd, x, **extra: fwd(**{**kwargs, "hidden_states": x, **extra})
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _scatter(into: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return into.scatter(1, idx.unsqueeze(-1).expand(-1, -1, into.shape[-1]), values.to(into.dtype))
 
 
 class Engine:
-    def __init__(self, adapter, pipe, plan: Plan):
+    def __init__(self, adapter, pipe, plan: Plan, ranking: Ranking | None = None, cfg_halves: int = 1):
         blocks = adapter.blocks(pipe)
         if plan.blocks != len(blocks) or plan.sublayers != adapter.sublayers:
             raise ValueError(f"plan is for {plan.blocks} blocks × {plan.sublayers}; the model has "
                              f"{len(blocks)} blocks × {adapter.sublayers}")
-        self.adapter, self.pipe, self.plan = adapter, pipe, plan
+        partial = ((plan.ratios > 0) & (plan.ratios < 1)).any()
+        if partial and ranking is None:
+            raise ValueError("a plan with partial ratios needs a ranking to choose tokens")
+        self.adapter, self.pipe, self.plan, self.cfg_halves = adapter, pipe, plan, cfg_halves
+        self.ranking = ranking
+        if ranking is not None:
+            kinds = set(adapter.sublayer_kinds.values())
+            ranking.attention_kind = "cross_attn" if "cross_attn" in kinds else "self_attn"
+        self.grid = adapter.token_grid()
+        self._blocks = list(blocks)
         self._modules = [(b, name, adapter.sublayer(block, name))
                          for b, block in enumerate(blocks) for name in adapter.sublayers]
-        # Keep a cache only where the plan ever reuses: nothing else pays memory for it.
-        reused = (plan.ratios < 1).any(dim=0)  # (blocks, sublayers)
-        self._keeps_cache = {(b, s): bool(reused[b, i]) for b in range(plan.blocks)
-                             for i, s in enumerate(plan.sublayers)}
+        r = plan.ratios
+        # Keep caches only where the plan ever reuses: nothing else pays memory for them.
+        self._keeps = (r < 1).any(dim=0)                                    # (blocks, sublayers)
+        if plan.skip is not None:
+            self._keeps |= (plan.skip != COMPUTE).any(dim=0).unsqueeze(-1)
+        self._skip_used = (plan.skip != COMPUTE).any(dim=0) if plan.skip is not None else torch.zeros(plan.blocks, dtype=torch.bool)
         self.step = -1
-        self.cache: dict[tuple[int, str], torch.Tensor] = {}
+        self.states: dict[tuple[int, str], SublayerState] = {}
+        self.block_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # block -> (input, output)
         self.attached = False
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    def attach(self) -> "Engine":
-        if self.attached:
-            return self
-        HookRegistry.check_if_exists_or_initialize(self.adapter.denoiser(self.pipe)).register_hook(
-            _StepHook(self), _STEP_HOOK)
+    def _registries(self):
+        yield self.adapter.denoiser(self.pipe), _StepHook(self), _STEP_HOOK
+        for b, block in enumerate(self._blocks):
+            if self._skip_used[b]:
+                yield block, _BlockHook(self, b), _BLOCK_HOOK
         for b, name, module in self._modules:
-            HookRegistry.check_if_exists_or_initialize(module).register_hook(
-                _SublayerHook(self, b, name), _SUBLAYER_HOOK)
-        self.attached = True
+            yield module, _SublayerHook(self, b, name, self.adapter.sublayer_kinds[name]), _SUBLAYER_HOOK
+
+    def attach(self) -> "Engine":
+        if not self.attached:
+            for module, hook, name in self._registries():
+                HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+            self.attached = True
         return self
 
     def detach(self) -> None:
-        if not self.attached:
-            return
-        HookRegistry.check_if_exists_or_initialize(self.adapter.denoiser(self.pipe)).remove_hook(
-            _STEP_HOOK, recurse=False)
-        for _, _, module in self._modules:
-            HookRegistry.check_if_exists_or_initialize(module).remove_hook(_SUBLAYER_HOOK, recurse=False)
-        self.attached = False
+        if self.attached:
+            for module, _, name in self._registries():
+                HookRegistry.check_if_exists_or_initialize(module).remove_hook(name, recurse=False)
+            self.attached = False
         self.reset()
 
     def reset(self) -> None:
         self.step = -1
-        self.cache.clear()
+        self._free()
+
+    def _free(self) -> None:
+        self.states.clear()
+        self.block_cache.clear()
+        if self.ranking is not None:
+            self.ranking.reset()
 
     def __enter__(self):
         return self.attach()
@@ -102,18 +168,85 @@ class Engine:
 
     def _end_step(self) -> None:
         if self.step == self.plan.steps - 1:
-            self.cache.clear()  # the run is over: free every cached tensor
+            self._free()  # the run is over: free every cached tensor
 
-    def _run_sublayer(self, block: int, sublayer: str, forward, args, kwargs):
-        ratio = self.plan.ratio(self.step, block, sublayer)
-        key = (block, sublayer)
+    def _run_block(self, block: int, forward, args, kwargs):
+        mode = self.plan.skip_mode(self.step, block)
+        x = args[0] if args else kwargs["hidden_states"]
+        if mode == SKIP_RESIDUAL:
+            inp, out = self.block_cache[block]
+            return x + (out - inp)
+        if mode == SKIP_OUTPUT:
+            return self.block_cache[block][1]
+        out = forward(*args, **kwargs)
+        self.block_cache[block] = (x, out)
+        return out
+
+    def _run_sublayer(self, hook: _SublayerHook, module, forward, args, kwargs):
+        block, sub, kind = hook.block, hook.sublayer, hook.kind
+        ratio = self.plan.ratio(self.step, block, sub)
+        keeps = bool(self._keeps[block, self.plan.sublayers.index(sub)])
+        x, call = _split_tokens(args, kwargs)
+        state = self.states.setdefault((block, sub), SublayerState()) if keeps else None
         if ratio >= 1:
-            out = forward(*args, **kwargs)
-            if self._keeps_cache[key]:
-                self.cache[key] = out
+            out = self._observed(module, kind, block, None, kwargs, lambda: call(forward, x))
+            if keeps:
+                self._store_full(state, x, out)
             return out
-        if ratio <= 0:
-            return self.cache[key]  # Plan guarantees step 0 computes, so the cache exists
-        raise NotImplementedError(
-            f"partial ratio {ratio} at step {self.step}, block {block}, {sublayer}: the token path "
-            "(compute k chosen tokens, reuse the rest) is not implemented yet")
+        k = int(ratio * x.shape[1])
+        if k == 0:
+            return self._reuse(state)
+        # Token path: compute k chosen tokens, reuse the rest.
+        scores = self.ranking.scores(block=block, sublayer=sub, step=self.step, tokens=x,
+                                     last_input=state.last_input, staleness=state.staleness, grid=self.grid)
+        idx = choose(scores, k, self.cfg_halves)
+        extra = {"encoder_hidden_states": x} if kind == "self_attn" else {}  # keys/values from every token
+        fresh = self._observed(module, kind, block, idx, kwargs, lambda: call(forward, _gather(x, idx), **extra))
+        state.output = _scatter(state.output, idx, fresh)
+        state.staleness = (state.staleness + 1).scatter(1, idx, 0)
+        if state.last_input is not None:
+            state.last_input = _scatter(state.last_input, idx, _gather(x, idx))
+        return state.output
+
+    def _store_full(self, state: SublayerState, x, out) -> None:
+        state.output = out
+        state.staleness = torch.zeros(out.shape[:2], dtype=torch.int32, device=out.device)
+        if self.ranking is not None and self.ranking.score == "similarity":
+            state.last_input = x
+        if self.plan.forecast_order:
+            self._update_taylor(state, out)
+
+    def _update_taylor(self, state: SublayerState, out) -> None:
+        """Divided differences between consecutive full steps (baselines-spec §5)."""
+        new = [out]
+        if state.full_step is not None and self.step >= self.plan.forecast_from_step:
+            d = self.step - state.full_step
+            for i in range(min(len(state.taylor), self.plan.forecast_order)):
+                new.append((new[i] - state.taylor[i]) / d)
+        state.taylor, state.full_step = new, self.step
+
+    def _reuse(self, state: SublayerState):
+        if not self.plan.forecast_order or len(state.taylor) < 2:
+            return state.output
+        k = self.step - state.full_step
+        return sum(d * (k ** i / math.factorial(i)) for i, d in enumerate(state.taylor))
+
+    def _observed(self, module, kind, block, idx, kwargs, run):
+        """Run the sub-layer, capturing q/k/v for the ranking when it needs them."""
+        want_qk, want_v = self.ranking.wants(kind) if self.ranking is not None else (False, False)
+        if not (want_qk or want_v):
+            return run()
+        seen, handles = {}, []
+        for name, wanted in (("to_q", want_qk), ("to_k", want_qk), ("to_v", want_v)):
+            if wanted:
+                handles.append(getattr(module, name).register_forward_hook(
+                    lambda m, a, o, name=name: seen.__setitem__(name, o)))
+        try:
+            out = run()
+        finally:
+            for h in handles:
+                h.remove()
+        mask = kwargs.get("attention_mask") if kind == "cross_attn" else None
+        self.ranking.observe(block, kind, seen.get("to_q"), seen.get("to_k"), seen.get("to_v"), mask,
+                             module.heads, idx)
+        return out

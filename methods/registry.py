@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 from methods.base import Method
+from methods.deepcache import DeepCache
+from methods.duca import DuCa
+from methods.fora import FORA
 from methods.none import NoAcceleration
 from methods.steps import StepReduction
+from methods.taylorseer import TaylorSeer
+from methods.toca import ToCa
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (NoAcceleration, StepReduction)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (NoAcceleration, StepReduction, FORA, DeepCache, TaylorSeer, ToCa, DuCa)
+}
 
 
 def make_method(name: str, **settings) -> Method:

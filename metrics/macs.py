@@ -75,3 +75,49 @@ def count_macs(denoiser: torch.nn.Module):
         yield tally
     finally:
         registry.remove_hook(_HOOK, recurse=False)
+
+
+def module_costs(counts: dict, root: str, rows: int) -> dict[str, float]:
+    """Linear/conv MACs per batch row of each module below `root`, from FlopCounterMode.get_flop_counts()
+    (keys "Root.path.to.module"; the counter must be entered outside the root's call to name them)."""
+    out = {}
+    for path, ops in counts.items():
+        if path.startswith(root + "."):
+            out[path[len(root) + 1:]] = sum(f / 2 for op, f in ops.items() if _op_name(op) in LINEAR_CONV_OPS) / rows
+    return out
+
+
+def predict_c1(plan, per_compute: dict[str, float], per_step: dict[str, float], block_names: list[str],
+               tokens: int) -> float:
+    """`macs_c1` of a whole run predicted from a plan and per-module costs (per batch row).
+
+    `per_compute[m]`: what module m costs each time its block computes; `per_step[m]`: what it costs on
+    every step whatever the blocks do (embedders, caption projection, final layer — and DiT's final
+    layer re-using block 0's label embedder). A sub-layer computing k tokens costs a·k + b: a from the
+    layers that see the chosen tokens, b from the key/value projections (to_k, to_v), which always see
+    the full key sequence; a reused sub-layer costs nothing and a skipped block nothing at all.
+    A test holds this equal to the counted value for every static method.
+    """
+    from methods.plan import COMPUTE
+
+    def leaves(costs):
+        return {k: v for k, v in costs.items() if v and not any(o.startswith(k + ".") for o in costs)}
+
+    per_compute, always = leaves(per_compute), sum(leaves(per_step).values())
+    in_blocks = {b: {k: v for k, v in per_compute.items() if k.startswith(b + ".")} for b in block_names}
+    macs = 0.0
+    for s in range(plan.steps):
+        macs += always
+        for l, b in enumerate(block_names):
+            if plan.skip_mode(s, l) != COMPUTE:
+                continue
+            rest = dict(in_blocks[b])
+            for m, sub in enumerate(plan.sublayers):
+                mods = {k: rest.pop(k) for k in list(rest) if k.startswith(f"{b}.{sub}.")}
+                fixed = sum(v for k, v in mods.items() if k.rsplit(".", 1)[-1] in ("to_k", "to_v"))
+                per_token = (sum(mods.values()) - fixed) / tokens
+                r = float(plan.ratios[s, l, m])
+                k = tokens if r >= 1 else int(r * tokens)
+                macs += per_token * k + (fixed if k else 0.0)
+            macs += sum(rest.values())  # the block's own layers outside its sub-layers (DiT's adaLN)
+    return macs

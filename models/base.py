@@ -122,6 +122,16 @@ class ModelAdapter:
     def sublayer(self, block: torch.nn.Module, name: str) -> torch.nn.Module:
         return getattr(block, name)
 
+    def layout(self, pipe):
+        """What a method may know of this model: depth and the kind of each sub-layer."""
+        from methods.base import Layout
+
+        return Layout(len(self.blocks(pipe)), self.sublayers, tuple(self.sublayer_kinds[s] for s in self.sublayers))
+
+    def cfg_halves(self, guidance_scale: float) -> int:
+        """Rows per sample in a denoiser batch: PixArt and DiT batch the CFG branches together."""
+        return 2 if guidance_scale > 1 else 1
+
     def token_grid(self) -> tuple[int, int]:
         side = self.preset.latent_size // self.preset.transformer["patch_size"]
         return side, side

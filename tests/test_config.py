@@ -68,8 +68,17 @@ def test_schema_method_enum_matches_registry():
     assert sorted(enum) == sorted(METHODS)
     # Each registered method has its settings branch (if method == X then ...): a method without
     # one would accept any settings unchecked.
-    branches = {b["if"]["properties"]["method"]["const"] for b in SCHEMA["$defs"]["method"]["allOf"]}
-    assert branches == set(METHODS)
+    import dataclasses
+
+    settings = {}
+    for b in SCHEMA["$defs"]["method"]["allOf"]:
+        cond = b["if"]["properties"]["method"]
+        for name in cond.get("enum", [cond.get("const")]):
+            settings[name] = set(b["then"].get("properties", {})) - {"method"}
+    assert set(settings) == set(METHODS)
+    # ... and the schema's settings are exactly the method's config fields.
+    for name, cls in METHODS.items():
+        assert settings[name] == {f.name for f in dataclasses.fields(cls.Config)}, name
 
 
 # ---------------------------------------------------------------------------------------------

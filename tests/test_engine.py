@@ -57,7 +57,7 @@ def test_reuse_plan_changes_output_and_never_leaks(cell_and_pipe):
     try:
         first = cell.adapter.sample(pipe, conds, seeds, num_steps=steps,
                                     guidance_scale=cell.model_cfg["guidance_scale"])
-        assert engine.cache == {}  # freed after the plan's last step
+        assert engine.states == {}  # freed after the plan's last step
         engine.reset()
         second = cell.adapter.sample(pipe, conds, seeds, num_steps=steps,
                                      guidance_scale=cell.model_cfg["guidance_scale"])
@@ -104,7 +104,7 @@ def test_plan_shorter_than_the_run_is_an_error():
     with Engine(cell.adapter, pipe, plan) as engine:
         with pytest.raises(RuntimeError, match="plan has 2 steps"):
             cell.adapter.sample(pipe, ["x"], [0], num_steps=3, guidance_scale=4.5)
-        assert engine.step == -1 and engine.cache == {}
+        assert engine.step == -1 and engine.states == {}
         cell.adapter.sample(pipe, ["x"], [0], num_steps=2, guidance_scale=4.5)
         with pytest.raises(RuntimeError, match="reset"):  # a second call without reset() is refused
             cell.adapter.sample(pipe, ["x"], [0], num_steps=2, guidance_scale=4.5)

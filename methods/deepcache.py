@@ -1,0 +1,38 @@
+"""`deepcache`: DeepCache (Ma et al., CVPR'24) adapted to isotropic DiTs.
+
+DeepCache is U-Net only; a DiT has no skip branch. On cached steps the first `shallow_blocks` blocks
+run fresh and every deeper block adds the residual it produced at the last full step (the residuals
+telescope to the deep residual h_out_last − h_out_shallow of that step); the final layer runs with the
+current timestep. This adaptation is inferred from the paper's 1.48 T for N=2 on PixArt-α (10 full
+steps + one block per cached step), not a documented recipe (baselines-spec §6).
+"""
+from dataclasses import dataclass
+
+import torch
+
+from methods.base import Layout, Method, check_positive_int
+from methods.plan import SKIP_RESIDUAL, Plan
+from methods.schedules import interval_steps
+
+
+class DeepCache(Method):
+    name = "deepcache"
+
+    @dataclass(frozen=True)
+    class Config:
+        """interval: N, full every N steps; shallow_blocks: blocks computed fresh on cached steps."""
+
+        interval: int = 2
+        shallow_blocks: int = 1
+
+        def __post_init__(self):
+            check_positive_int("deepcache", "interval", self.interval)
+            check_positive_int("deepcache", "shallow_blocks", self.shallow_blocks)
+
+    def plan(self, num_steps: int, layout: Layout) -> Plan:
+        if self.config.shallow_blocks >= layout.blocks:
+            raise ValueError(f"deepcache.shallow_blocks must be < {layout.blocks} (the model's depth)")
+        skip = torch.full((num_steps, layout.blocks), SKIP_RESIDUAL, dtype=torch.int8)
+        skip[:, : self.config.shallow_blocks] = 0
+        skip[interval_steps(num_steps, self.config.interval)] = 0
+        return Plan(torch.ones(num_steps, layout.blocks, len(layout.sublayers)), layout.sublayers, skip=skip)

@@ -1,0 +1,50 @@
+"""`duca`: DuCa (Zou et al. 2024), dual feature caching: full → conservative (ToCa-style partial) →
+aggressive (every block skipped, the last computed final hidden state reused) steps.
+Written from baselines-spec.md §3; the aggressive step follows the official code (DuCa issue #9)."""
+from dataclasses import dataclass
+
+import torch
+
+from methods.base import Layout, Method
+from methods.plan import SKIP_OUTPUT, Plan
+from methods.rankings import Ranking
+from methods.schedules import toca_period
+from methods.toca import TokenCacheConfig, partial_ratios, token_ranking
+
+
+def duca_step_types(threshold: int, num_steps: int, schedule: str) -> list[str]:
+    """"full" / "conservative" / "aggressive" per step. PixArt: T = N constant; DiT: ToCa's DiT period.
+    A step is full at clock mod T == 0 (and the first step), conservative when odd, aggressive when even."""
+    types, period = [], threshold
+    for s in range(num_steps):
+        c = s if schedule == "pixart" else num_steps - 1 - s
+        if s == 0 or c % period == 0:
+            types.append("full")
+            if schedule == "dit":
+                period = toca_period(threshold, s, num_steps, schedule)
+        else:
+            types.append("conservative" if (c % period) % 2 else "aggressive")
+    return types
+
+
+class DuCa(Method):
+    name = "duca"
+
+    @dataclass(frozen=True)
+    class Config(TokenCacheConfig):
+        fresh_ratio: float = 0.75
+
+    def plan(self, num_steps: int, layout: Layout) -> Plan:
+        c = self.config
+        types = duca_step_types(c.threshold, num_steps, c.schedule)
+        ratios = torch.ones(num_steps, layout.blocks, len(layout.sublayers))
+        skip = torch.zeros(num_steps, layout.blocks, dtype=torch.int8)
+        for s, t in enumerate(types):
+            if t == "conservative":
+                ratios[s] = partial_ratios(c, s, num_steps, layout)
+            elif t == "aggressive":
+                skip[s] = SKIP_OUTPUT
+        return Plan(ratios, layout.sublayers, skip=skip)
+
+    def ranking(self) -> Ranking:
+        return token_ranking(self.config)

@@ -1,0 +1,123 @@
+"""Token rankings: which k tokens a partial sub-layer computes (higher score = computed first).
+
+Written from the method specs (shared/reference/baselines-spec.md §2.3, §3), not from the GPL code.
+A ranking sees what the engine observes on computed steps (queries, keys, values of attention
+sub-layers) and the per-token staleness counters; it returns scores (B, N). The engine folds the CFG
+halves before choosing, so both halves of a sample always get the same tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import zlib
+
+import torch
+import torch.nn.functional as F
+
+SCORES = ("attention", "vnorm", "similarity", "norm", "random")
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+def _probs(q: torch.Tensor, k: torch.Tensor, heads: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """Head-mean attention probabilities (B, Nq, Nk) from projected queries and keys."""
+    B, Nq, D = q.shape
+    d = D // heads
+    qh = q.view(B, Nq, heads, d).transpose(1, 2).float()
+    kh = k.view(B, -1, heads, d).transpose(1, 2).float()
+    logits = qh @ kh.transpose(-1, -2) * d ** -0.5
+    if mask is not None:  # an additive bias such as PixArt's (B, 1, L) text padding mask
+        logits = logits + mask.float().view(B, 1, -1, mask.shape[-1])
+    return logits.softmax(-1).mean(1)
+
+
+@dataclass
+class Ranking:
+    score: str = "attention"
+    staleness_weight: float = 0.0   # λ3: adds λ3 · staleness / staleness_norm
+    staleness_norm: float = 1.0
+    bonus: float = 0.0              # spatial bonus: the best token of each grid×grid cell gets bonus·score
+    grid: int = 0
+    seed: int = 0
+    attention_kind: str = "cross_attn"   # set by the engine: cross_attn entropy if the model has one, else self_attn
+    _stats: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.score not in SCORES:
+            raise ValueError(f"unknown token score {self.score!r}; one of {SCORES}")
+
+    def reset(self) -> None:
+        self._stats.clear()
+
+    # ---- what the engine must capture ------------------------------------------------------------
+    def wants(self, kind: str) -> tuple[bool, bool]:
+        """(capture q/k, capture v) for a sub-layer of this kind."""
+        if self.score == "attention":
+            return kind == self.attention_kind, False
+        if self.score == "vnorm":
+            return False, kind == "self_attn"
+        return False, False
+
+    def observe(self, block: int, kind: str, q, k, v, mask, heads: int, idx: torch.Tensor | None) -> None:
+        """Record a statistic from a computed attention call (idx: the fresh tokens of a partial call)."""
+        if self.score == "attention" and q is not None:
+            p = _probs(q, k, heads, mask)
+            if kind == "cross_attn":  # s2: entropy of each image token's distribution over the text
+                stat = _unit(1 + (-(p * (p + 1e-7).log()).sum(-1)))
+            elif idx is None:         # s1: how much attention each token receives, over all queries
+                stat = _unit(p.sum(1))
+            else:
+                return  # self-attention influence needs all queries: keep the last full step's
+            if idx is not None and (block, kind) in self._stats:
+                stat = self._stats[(block, kind)].scatter(1, idx, stat)  # refresh the recomputed rows
+            self._stats[(block, kind)] = stat
+        elif self.score == "vnorm" and v is not None and idx is None:
+            B, N, D = v.shape
+            norms = v.float().view(B, N, heads, D // heads).norm(dim=-1)
+            self._stats[(block, "vnorm")] = _unit((1 - norms).sum(-1))
+
+    # ---- scores --------------------------------------------------------------------------------------
+    def scores(self, *, block: int, sublayer: str, step: int, tokens: torch.Tensor,
+               last_input: torch.Tensor | None, staleness: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        B, N, _ = tokens.shape
+        if self.score == "attention":
+            s = self._stats.get((block, self.attention_kind))
+        elif self.score == "vnorm":
+            s = self._stats.get((block, "vnorm"))
+        elif self.score == "similarity":  # tokens that moved most since they were computed
+            s = -F.cosine_similarity(tokens.float(), last_input.float(), dim=-1) if last_input is not None else None
+        elif self.score == "norm":
+            s = tokens.float().norm(dim=-1)
+        else:
+            s = None
+        if s is None:  # random (or nothing observed yet): uniform, reproducible per (seed, step, block, sublayer)
+            g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{step}:{block}:{sublayer}".encode()))
+            s = torch.rand(B, N, generator=g).to(tokens.device)
+        s = s.to(tokens.device).float()
+        if self.staleness_weight:
+            s = s + self.staleness_weight * staleness.float() / self.staleness_norm
+        if self.bonus and self.grid:
+            s = spatial_bonus(s, grid, self.grid, self.bonus)
+        return s
+
+
+def spatial_bonus(s: torch.Tensor, grid: tuple[int, int], cell: int, bonus: float) -> torch.Tensor:
+    """Add bonus·score to the best token of each cell×cell patch of the token grid (spreads choices)."""
+    B, N = s.shape
+    h, w = grid
+    if h * w != N or h % cell or w % cell:
+        return s
+    cells = s.view(B, h // cell, cell, w // cell, cell).permute(0, 1, 3, 2, 4).reshape(B, -1, cell * cell)
+    best = cells.argmax(-1, keepdim=True)
+    cells = cells.scatter_add(-1, best, bonus * cells.gather(-1, best))
+    return cells.view(B, h // cell, w // cell, cell, cell).permute(0, 1, 3, 2, 4).reshape(B, N)
+
+
+def choose(scores: torch.Tensor, k: int, cfg_halves: int) -> torch.Tensor:
+    """Top-k token indices (B, k); the CFG halves of a sample share one choice (scores averaged)."""
+    B, N = scores.shape
+    folded = scores.view(cfg_halves, B // cfg_halves, N).mean(0)
+    idx = folded.topk(k, dim=-1).indices
+    return idx.repeat(cfg_halves, 1)

@@ -1,0 +1,72 @@
+"""`toca`: ToCa (Zou et al., ICLR'25), token-wise caching.
+
+Full steps follow ToCa's refresh period; on the other steps each sub-layer computes the fraction
+r(step, layer, kind) of its tokens ranked by ToCa's score (cross-attention entropy, or self-attention
+influence on a model without cross-attention, + staleness + spatial bonus) and reuses the rest;
+self-attention is reused whole. Written from baselines-spec.md §2.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from methods.base import Layout, Method, check_positive_int, check_ratio
+from methods.plan import Plan
+from methods.rankings import SCORES, Ranking
+from methods.schedules import toca_fresh_ratio, toca_full_steps
+
+
+@dataclass(frozen=True)
+class TokenCacheConfig:
+    """fresh_ratio: R, the base fraction of tokens recomputed on partial steps (1 − the paper's cache ratio);
+    threshold: N, the refresh period parameter; schedule: "pixart" (steps count up, ToCa's PixArt
+    constants) or "dit" (DDIM countdown, ToCa-ddim50 constants); score: token ranking; staleness_weight:
+    λ3; bonus / grid: spatial bonus (PixArt 0.4 / 4, DiT 0.6 / 2); faithful_quirk: reproduce the official
+    code's per-layer refresh at steps where T changes (1.57 T instead of 1.64 T on PixArt-α)."""
+
+    fresh_ratio: float = 0.30
+    threshold: int = 3
+    schedule: str = "pixart"
+    score: str = "attention"
+    staleness_weight: float = 0.25
+    bonus: float = 0.4
+    grid: int = 4
+    faithful_quirk: bool = False
+
+    def __post_init__(self):
+        name = type(self).__qualname__.split(".")[0].lower()
+        check_ratio(name, "fresh_ratio", self.fresh_ratio)
+        check_positive_int(name, "threshold", self.threshold)
+        if self.schedule not in ("pixart", "dit"):
+            raise ValueError(f"{name}.schedule must be 'pixart' or 'dit', got {self.schedule!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"{name}.score must be one of {SCORES}, got {self.score!r}")
+
+
+def partial_ratios(c: TokenCacheConfig, step: int, num_steps: int, layout: Layout) -> torch.Tensor:
+    """(blocks, sublayers) fresh ratios of a partial step."""
+    return torch.tensor([[toca_fresh_ratio(c.fresh_ratio, step, b, layout.blocks, kind, num_steps, c.schedule)
+                          for kind in layout.kinds] for b in range(layout.blocks)])
+
+
+def token_ranking(c: TokenCacheConfig) -> Ranking:
+    return Ranking(score=c.score, staleness_weight=c.staleness_weight, staleness_norm=c.threshold,
+                   bonus=c.bonus, grid=c.grid)
+
+
+class ToCa(Method):
+    name = "toca"
+
+    @dataclass(frozen=True)
+    class Config(TokenCacheConfig):
+        pass
+
+    def plan(self, num_steps: int, layout: Layout) -> Plan:
+        c = self.config
+        full = toca_full_steps(c.threshold, num_steps, c.schedule, quirk=c.faithful_quirk)
+        ratios = torch.stack([partial_ratios(c, s, num_steps, layout) for s in range(num_steps)])
+        for s, which in full.items():
+            ratios[s, : (1 if which == "first" else layout.blocks)] = 1.0
+        return Plan(ratios, layout.sublayers)
+
+    def ranking(self) -> Ranking:
+        return token_ranking(self.config)
