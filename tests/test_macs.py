@@ -51,3 +51,19 @@ def test_dit_xl_2_macs_and_the_papers_cfg_convention():
     assert r["num_steps"] == 50
     assert r["macs_c1"] == pytest.approx(5.72e12, rel=0.01)
     assert 2 * r["macs_c1"] == pytest.approx(11.44e12, rel=0.01)  # the paper counts the CFG batch of 2
+
+
+@pytest.mark.parametrize("variant,target", [
+    ("fora_n2", 1.43e12), ("deepcache_n2", 1.48e12), ("toca", 1.64e12), ("taylorseer_n2", 1.57e12),
+    ("duca", 1.54e12),
+])
+def test_pixart_alpha_256_baselines_match_the_paper(variant, target):
+    """Table 1's MACs (and the DuCa README config's 1.54 T), counted on the meta device, within 1 %."""
+    cfg = config_mod.load(REPO / "config.yaml")
+    assert count_macs(Cell(cfg, "pixart_alpha_256", variant), "meta")["macs_c1"] == pytest.approx(target, rel=0.01)
+
+
+def test_toca_faithful_quirk_gives_the_official_codes_count():
+    cfg = config_mod.load(REPO / "config.yaml")
+    cfg["methods"]["toca"]["faithful_quirk"] = True
+    assert count_macs(Cell(cfg, "pixart_alpha_256", "toca"), "meta")["macs_c1"] == pytest.approx(1.57e12, rel=0.01)

@@ -1,0 +1,193 @@
+"""Every baseline through the one engine: compute-everything settings reproduce `none`, CFG halves share
+tokens, hand-computed steps, and MACs predicted from the plan equal MACs counted while running."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import methods.engine as engine_mod
+from dsbench import config as config_mod
+from dsbench.cell import Cell
+from dsbench.measure import count_macs, predict_macs
+from methods import make_method
+from methods.base import Layout
+from methods.duca import duca_step_types
+from methods.engine import Engine, SublayerState
+from methods.plan import Plan
+from methods.rankings import Ranking, choose, spatial_bonus
+from methods.schedules import interval_steps, toca_full_steps
+from tests.util import smoke_config, with_dit
+
+VARIANTS = {
+    "fora": {"method": "fora", "interval": 2},
+    "deepcache": {"method": "deepcache", "interval": 2},
+    "taylorseer": {"method": "taylorseer", "interval": 2, "max_order": 2},
+    "toca": {"method": "toca", "fresh_ratio": 0.3},
+    "toca_quirk": {"method": "toca", "fresh_ratio": 0.3, "faithful_quirk": True},
+    "toca_dit": {"method": "toca", "schedule": "dit", "fresh_ratio": 0.3, "bonus": 0.6, "grid": 2},
+    "toca_vnorm": {"method": "toca", "score": "vnorm"},
+    "toca_similarity": {"method": "toca", "score": "similarity"},
+    "toca_random": {"method": "toca", "score": "random"},
+    "duca": {"method": "duca"},
+    # each method's own "compute everything" setting
+    "fora_all": {"method": "fora", "interval": 1},
+    "deepcache_all": {"method": "deepcache", "interval": 1},
+    "taylorseer_all": {"method": "taylorseer", "interval": 1},
+    "toca_all": {"method": "toca", "threshold": 1},
+    "duca_all": {"method": "duca", "threshold": 1},
+}
+MODELS = ("tiny_pixart", "tiny_dit")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    c = with_dit(smoke_config())
+    c = copy.deepcopy(c)
+    c["methods"].update(VARIANTS)
+    for m in MODELS:
+        c["models"][m]["methods"] = ["none", "steps_50", *VARIANTS]
+    return config_mod.validate(c)
+
+
+@pytest.fixture(scope="module")
+def pipes(cfg):
+    return {m: Cell(cfg, m, "none").build_pipeline() for m in MODELS}
+
+
+def conds(model):
+    return ["A cat on a mat.", "Two red buses."] if model == "tiny_pixart" else [3, 404]
+
+
+def run(cfg, pipes, model, variant):
+    cell = Cell(cfg, model, variant)
+    with cell.accelerated(pipes[model]) as engine:
+        return cell.sample(pipes[model], engine, conds(model), [21, 22]).numpy()
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("variant", ["fora_all", "deepcache_all", "taylorseer_all", "toca_all", "duca_all"])
+def test_compute_everything_reproduces_none(cfg, pipes, model, variant):
+    np.testing.assert_array_equal(run(cfg, pipes, model, variant), run(cfg, pipes, model, "none"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("variant", ["fora", "deepcache", "taylorseer", "toca", "duca", "toca_vnorm",
+                                     "toca_similarity", "toca_random"])
+def test_accelerated_runs_differ_but_stay_sane(cfg, pipes, model, variant):
+    out, ref = run(cfg, pipes, model, variant), run(cfg, pipes, model, "none")
+    assert out.shape == ref.shape and not np.array_equal(out, ref)
+    np.testing.assert_array_equal(out, run(cfg, pipes, model, variant))  # deterministic, no leaked state
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_cfg_halves_choose_identical_tokens(cfg, pipes, model, monkeypatch):
+    chosen = []
+    real = engine_mod.choose
+    monkeypatch.setattr(engine_mod, "choose", lambda s, k, h: chosen.append((real(s, k, h), h)) or chosen[-1][0])
+    variant = "toca" if model == "tiny_pixart" else "toca_dit"
+    run(cfg, pipes, model, variant)
+    assert chosen, "no partial step ran"
+    for idx, halves in chosen:
+        assert halves == 2
+        n = idx.shape[0] // 2
+        assert torch.equal(idx[:n], idx[n:])
+        assert idx.shape[1] == len(set(idx[0].tolist()))  # k distinct tokens
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("variant", ["none", "fora", "deepcache", "taylorseer", "toca", "toca_quirk",
+                                     "toca_dit", "duca"])
+def test_macs_predicted_from_the_plan_equal_macs_counted(cfg, model, variant):
+    cell = Cell(cfg, model, variant)
+    counted = count_macs(cell, "meta")["macs_c1"]
+    assert predict_macs(cell) == pytest.approx(counted, rel=1e-9)
+    assert counted == pytest.approx(count_macs(cell, "cpu")["macs_c1"], rel=1e-9)
+
+
+# ---- hand-computed steps ---------------------------------------------------------------------------
+
+def test_schedules_match_the_spec():
+    assert sorted(toca_full_steps(3, 20, "pixart")) == [0, 4, 6, 9, 12, 15, 18]
+    assert toca_full_steps(3, 20, "pixart", quirk=True)[4] == "first"
+    dit = toca_full_steps(3, 50, "dit", quirk=True)
+    assert sorted((49 - s for s, v in dit.items() if v == "all"), reverse=True) == \
+        [49, 44, 40, 36, 30, 27, 24, 21, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0]
+    assert {49 - s for s, v in dit.items() if v == "first"} == {45, 32}
+    assert interval_steps(20, 2, warmup=2) == [0, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19]  # TaylorSeer: 11 full
+    types = duca_step_types(3, 20, "pixart")
+    assert [s for s, t in enumerate(types) if t == "full"] == [0, 3, 6, 9, 12, 15, 18]
+    assert [s for s, t in enumerate(types) if t == "aggressive"] == [2, 5, 8, 11, 14, 17]
+
+
+def test_toca_chooses_the_hand_computed_tokens():
+    """Cross-attention entropy + staleness on a 4-token, 2-text-token toy, batch [uncond, cond]."""
+    r = Ranking(score="attention", staleness_weight=0.25, staleness_norm=3)
+    # Queries/keys with one head of width 1: token i attends with logits q_i * k_j.
+    q = torch.tensor([[[0.0], [5.0], [0.0], [1.0]]]).repeat(2, 1, 1)
+    k = torch.tensor([[[1.0], [-1.0]]]).repeat(2, 1, 1)
+    r.observe(0, "cross_attn", q, k, None, None, heads=1, idx=None)
+    # Tokens 0 and 2 attend uniformly (max entropy), token 1 almost one-hot, token 3 in between.
+    scores = r.scores(block=0, sublayer="ff", step=1, tokens=torch.zeros(2, 4, 8), last_input=None,
+                      staleness=torch.tensor([[0, 0, 3, 0]] * 2), grid=(2, 2))
+    idx = choose(scores, 2, cfg_halves=2)
+    assert idx[0].tolist() == [2, 0] and torch.equal(idx[0], idx[1])  # stale token 2 first, then 0
+    with pytest.raises(ValueError, match="unknown token score"):
+        Ranking(score="nosuch")
+
+
+def test_spatial_bonus_raises_each_cells_best_token():
+    s = torch.tensor([[0.1, 0.9, 0.2, 0.3, 0.5, 0.4, 0.8, 0.7, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1]])
+    out = spatial_bonus(s, (4, 4), 2, 0.5)
+    expect = s.clone()
+    for i in (1, 6, 8, 15):  # the maxima of the four 2×2 cells (ties: the first)
+        expect[0, i] *= 1.5
+    torch.testing.assert_close(out, expect)
+
+
+def test_taylorseer_forecast_of_a_quadratic():
+    """f(s) = s² observed at full steps 0, 1, 3; forecast at step 4 with order 2 (divided differences)."""
+    plan = Plan(torch.ones(5, 1, 1), ("ff",), forecast_order=2, forecast_from_step=1)
+    eng = Engine.__new__(Engine)
+    eng.plan, state = plan, SublayerState()
+    for s in (0, 1, 3):
+        eng.step = s
+        eng._update_taylor(state, torch.tensor([float(s * s)]))
+    # Δ1 = (9 - 1) / 2 = 4, Δ2 = (4 - 1) / 2 = 1.5; f̂(4) = 9 + 4·1 + 1.5·1²/2
+    eng.step = 4
+    assert eng._reuse(state).item() == pytest.approx(9 + 4 + 0.75)
+
+
+def test_deepcache_adds_the_telescoped_deep_residual(cfg, pipes):
+    """On a cached step the output of the last block equals block 0's fresh output + (out_L − out_0) of
+    the last full step."""
+    cell = Cell(cfg, "tiny_pixart", "deepcache")
+    pipe = pipes["tiny_pixart"]
+    blocks = cell.adapter.blocks(pipe)
+    outs = []
+    h0 = blocks[0].register_forward_hook(lambda m, a, o: outs.append(("first", o.clone())))
+    hl = blocks[-1].register_forward_hook(lambda m, a, o: outs.append(("last", o.clone())))
+    try:
+        with cell.accelerated(pipe) as engine:
+            cell.sample(pipe, engine, conds("tiny_pixart")[:1], [1])
+    finally:
+        h0.remove(), hl.remove()
+    (_, f0), (_, l0), (_, f1), (_, l1) = outs[:4]  # step 0 (full), step 1 (cached)
+    torch.testing.assert_close(l1, f1 + (l0 - f0), rtol=1e-5, atol=1e-5)
+
+
+def test_method_settings_are_validated():
+    with pytest.raises(ValueError, match=r"toca.fresh_ratio must be in \[0, 1\]"):
+        make_method("toca", fresh_ratio=1.5)
+    with pytest.raises(ValueError, match="fora.interval must be an integer"):
+        make_method("fora", interval=0)
+    with pytest.raises(ValueError, match="duca.schedule"):
+        make_method("duca", schedule="flux")
+    lay = Layout(4, ("attn1", "ff"), ("self_attn", "mlp"))
+    with pytest.raises(ValueError, match="shallow_blocks must be < 4"):
+        make_method("deepcache", shallow_blocks=4).plan(10, lay)
+    plan = make_method("toca").plan(20, Layout(28, ("attn1", "attn2", "ff"), ("self_attn", "cross_attn", "mlp")))
+    partial = [s for s in range(20) if s not in toca_full_steps(3, 20, "pixart")]
+    assert (plan.ratios[partial, :, 0] == 0).all()  # self-attention is never partially recomputed
+    assert (plan.ratios[[0, 4, 6]] == 1).all()
+    assert plan.ratios[5, 0, 2] > plan.ratios[5, 27, 2] > 0  # deeper layers refresh fewer tokens
