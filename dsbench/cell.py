@@ -82,11 +82,26 @@ class Cell:
         from methods.engine import Engine
 
         halves = self.adapter.cfg_halves(self.model_cfg["guidance_scale"])
-        with Engine(self.adapter, pipe, self.plan(pipe), self.accelerator.ranking(), halves) as engine:
+        controller = None
+        if self.dynamic and self.adapter.denoiser(pipe).device.type != "meta":
+            controller = self.accelerator.controller(self.num_steps, len(self.adapter.blocks(pipe)))
+        with Engine(self.adapter, pipe, self.plan(pipe), self.accelerator.ranking(), halves,
+                    controller=controller) as engine:
             yield engine
 
+    @property
+    def dynamic(self) -> bool:
+        """Decides at run time (per sample): MACs come from real runs, and sampling goes one image at a time."""
+        return getattr(self.accelerator, "dynamic", False)
+
     def sample(self, pipe, engine, conditions, seeds):
-        engine.reset()  # a previous call that raised must not leave state behind
-        with torch.inference_mode():
-            return self.adapter.sample(pipe, conditions, seeds, num_steps=self.num_steps,
+        def one_call(c, s):
+            engine.reset()  # a previous call that raised must not leave state behind
+            return self.adapter.sample(pipe, c, s, num_steps=self.num_steps,
                                        guidance_scale=self.model_cfg["guidance_scale"])
+
+        with torch.inference_mode():
+            if engine.controller is None:
+                return one_call(conditions, seeds)
+            images = [one_call([c], [s]) for c, s in zip(conditions, seeds)]
+            return None if images[0] is None else torch.cat(images)

@@ -60,9 +60,12 @@ def cmd_macs(args):
         print(json.dumps(result, indent=2))
     else:
         print(f"# {args.model} / {args.method}: {result['num_steps']} steps, {result['denoiser_calls']} denoiser "
-              f"calls, per image ({args.device})")
-        print(f"macs_c1 {result['macs_c1'] / 1e12:.3f} T")
-        print(f"macs_total {result['macs_total'] / 1e12:.3f} T")
+              f"calls, per image ({result['device']})")
+        if "full_steps_mean" in result:
+            print(f"# decided at run time: mean over {result['images']} samples, "
+                  f"{result['full_steps_mean']:.2f} full steps on average")
+        print(f"macs_c1 {result['macs_c1'] / 1e12:.4g} T")
+        print(f"macs_total {result['macs_total'] / 1e12:.4g} T")
 
 
 def _number(v: str):
@@ -157,7 +160,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--root", default="results")
     s = verb("macs", cmd_macs, "MACs per image of a whole sampling run, counted while it runs", method=True)
-    s.add_argument("--device", default="meta", help="meta (full size, no weights), cpu or cuda")
+    s.add_argument("--device", default="auto",
+                   help="meta (full size, no weights), cpu, cuda, or auto: meta for static plans, the config's "
+                        "device (real runs, mean over samples) for methods that decide at run time")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="setting of a method given by its registered name")
     s.add_argument("--json", action="store_true")

@@ -10,14 +10,21 @@ def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
     """Per-image MACs of one whole sampling run, counted while it runs (meta: full size, no weights)."""
     from metrics.macs import count_macs as counter
 
+    if device == "auto":  # static plans count on the meta device; run-time decisions need real runs
+        device, images = (cell.config["device"], max(images, min(cell.num_samples, 8))) if cell.dynamic \
+            else ("meta", images)
     meta = device == "meta"
     pipe = cell.build_pipeline(device=None if meta else device, meta=meta)
     conds = cell.conditions()[:images] if not meta else _dummy_conditions(cell, images)
+    from dsbench.samples import sample_seed
+
     with cell.accelerated(pipe) as engine, counter(cell.adapter.denoiser(pipe)) as tally:
-        cell.sample(pipe, engine, conds, list(range(images)))
-    per_image = tally.per_image(images)
+        cell.sample(pipe, engine, conds, [sample_seed(cell.config["seed"], i) for i in range(images)])
+        runs = list(engine.controller.runs) if engine.controller is not None else None
+    per_image = tally.per_image(images, cell.adapter.cfg_halves(cell.model_cfg["guidance_scale"]))
+    extra = {"images": images, "full_steps_mean": sum(runs) / len(runs), "full_steps": runs} if runs else {}
     return {"model": cell.model, "method": cell.method, "device": device, "num_steps": cell.num_steps,
-            **per_image, "macs_by_op": {k: v / images for k, v in tally.per_op.items()},
+            **per_image, **extra, "macs_by_op": {k: v / images for k, v in tally.per_op.items()},
             "convention": {"macs_c1": "linear+conv of the denoiser, per image, one CFG branch",
                            "macs_total": "all counted denoiser ops per image, attention and CFG batch included"}}
 

@@ -90,39 +90,49 @@ def _scatter(into: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> tor
 
 
 class Engine:
-    def __init__(self, adapter, pipe, plan: Plan, ranking: Ranking | None = None, cfg_halves: int = 1):
-        blocks = adapter.blocks(pipe)
-        if plan.blocks != len(blocks) or plan.sublayers != adapter.sublayers:
-            raise ValueError(f"plan is for {plan.blocks} blocks × {plan.sublayers}; the model has "
-                             f"{len(blocks)} blocks × {adapter.sublayers}")
-        partial = ((plan.ratios > 0) & (plan.ratios < 1)).any()
-        if partial and ranking is None:
-            raise ValueError("a plan with partial ratios needs a ranking to choose tokens")
-        self.adapter, self.pipe, self.plan, self.cfg_halves = adapter, pipe, plan, cfg_halves
-        self.ranking = ranking
+    def __init__(self, adapter, pipe, plan: Plan | None, ranking: Ranking | None = None, cfg_halves: int = 1,
+                 controller=None, plan_for=None):
+        """`plan_for(num_steps)`, if given, builds the plan when a pipeline call starts (library use,
+        where the number of steps is only known then); a new call is recognised by the scheduler's new
+        timesteps tensor."""
+        self.adapter, self.pipe, self.cfg_halves = adapter, pipe, cfg_halves
+        self.ranking, self.controller, self.plan_for = ranking, controller, plan_for  # controller: a dynamic rule
         if ranking is not None:
             kinds = set(adapter.sublayer_kinds.values())
             ranking.attention_kind = "cross_attn" if "cross_attn" in kinds else "self_attn"
         self.grid = adapter.token_grid()
-        self._blocks = list(blocks)
+        self._blocks = list(adapter.blocks(pipe))
         self._modules = [(b, name, adapter.sublayer(block, name))
-                         for b, block in enumerate(blocks) for name in adapter.sublayers]
-        r = plan.ratios
-        # Keep caches only where the plan ever reuses: nothing else pays memory for them.
-        self._keeps = (r < 1).any(dim=0)                                    # (blocks, sublayers)
-        if plan.skip is not None:
-            self._keeps |= (plan.skip != COMPUTE).any(dim=0).unsqueeze(-1)
-        self._skip_used = (plan.skip != COMPUTE).any(dim=0) if plan.skip is not None else torch.zeros(plan.blocks, dtype=torch.bool)
+                         for b, block in enumerate(self._blocks) for name in adapter.sublayers]
+        self._timesteps = None
         self.step = -1
         self.states: dict[tuple[int, str], SublayerState] = {}
         self.block_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # block -> (input, output)
         self.attached = False
+        self._block_hooked = torch.full((len(self._blocks),), controller is not None or plan_for is not None)
+        if plan is not None:
+            self._set_plan(plan)
+
+    def _set_plan(self, plan: Plan) -> None:
+        if plan.blocks != len(self._blocks) or plan.sublayers != self.adapter.sublayers:
+            raise ValueError(f"plan is for {plan.blocks} blocks × {plan.sublayers}; the model has "
+                             f"{len(self._blocks)} blocks × {self.adapter.sublayers}")
+        if ((plan.ratios > 0) & (plan.ratios < 1)).any() and self.ranking is None:
+            raise ValueError("a plan with partial ratios needs a ranking to choose tokens")
+        self.plan = plan
+        # Keep caches only where the plan ever reuses: nothing else pays memory for them.
+        self._keeps = (plan.ratios < 1).any(dim=0)                          # (blocks, sublayers)
+        self._skips = (plan.skip != COMPUTE).any(dim=0) if plan.skip is not None \
+            else torch.zeros(plan.blocks, dtype=torch.bool)
+        self._keeps |= self._skips.unsqueeze(-1)
+        if not self.attached:
+            self._block_hooked |= self._skips
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def _registries(self):
         yield self.adapter.denoiser(self.pipe), _StepHook(self), _STEP_HOOK
         for b, block in enumerate(self._blocks):
-            if self._skip_used[b]:
+            if self._block_hooked[b]:
                 yield block, _BlockHook(self, b), _BLOCK_HOOK
         for b, name, module in self._modules:
             yield module, _SublayerHook(self, b, name, self.adapter.sublayer_kinds[name]), _SUBLAYER_HOOK
@@ -150,6 +160,8 @@ class Engine:
         self.block_cache.clear()
         if self.ranking is not None:
             self.ranking.reset()
+        if self.controller is not None:
+            self.controller.reset()
 
     def __enter__(self):
         return self.attach()
@@ -159,6 +171,10 @@ class Engine:
 
     # ---- hooks ----------------------------------------------------------------------------------
     def _begin_step(self) -> None:
+        if self.plan_for is not None and self.pipe.scheduler.timesteps is not self._timesteps:
+            self._timesteps = self.pipe.scheduler.timesteps  # set_timesteps ran: a new pipeline call
+            self.reset()
+            self._set_plan(self.plan_for(len(self._timesteps)))
         self.step += 1
         if self.step >= self.plan.steps:
             step = self.step
@@ -168,18 +184,23 @@ class Engine:
 
     def _end_step(self) -> None:
         if self.step == self.plan.steps - 1:
+            if self.controller is not None:
+                self.controller.finish()
             self._free()  # the run is over: free every cached tensor
 
     def _run_block(self, block: int, forward, args, kwargs):
-        mode = self.plan.skip_mode(self.step, block)
         x = args[0] if args else kwargs["hidden_states"]
+        if self.controller is not None:
+            return self.controller.run_block(self.step, block, forward, x, args, kwargs)
+        mode = self.plan.skip_mode(self.step, block)
         if mode == SKIP_RESIDUAL:
             inp, out = self.block_cache[block]
             return x + (out - inp)
         if mode == SKIP_OUTPUT:
             return self.block_cache[block][1]
         out = forward(*args, **kwargs)
-        self.block_cache[block] = (x, out)
+        if self._skips[block]:
+            self.block_cache[block] = (x, out)
         return out
 
     def _run_sublayer(self, hook: _SublayerHook, module, forward, args, kwargs):

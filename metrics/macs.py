@@ -30,11 +30,11 @@ def _op_name(op) -> str:
 @dataclass
 class MacTally:
     calls: int = 0
-    c1_per_row: float = 0.0      # Σ over calls of linear/conv MACs ÷ batch rows
+    c1: float = 0.0              # Σ over calls of linear/conv MACs
     total: float = 0.0           # Σ over calls of all counted MACs
     per_op: dict[str, float] = field(default_factory=dict)
 
-    def add(self, counts: dict, rows: int) -> None:
+    def add(self, counts: dict) -> None:
         self.calls += 1
         for op, flops in counts.items():
             name = _op_name(op)
@@ -42,11 +42,11 @@ class MacTally:
             self.per_op[name] = self.per_op.get(name, 0.0) + macs
             self.total += macs
             if name in LINEAR_CONV_OPS:
-                self.c1_per_row += macs / rows
+                self.c1 += macs
 
-    def per_image(self, images: int) -> dict[str, float]:
-        # c1 is already per batch row (one image, one CFG branch); total is per image, CFG rows included.
-        return {"macs_c1": self.c1_per_row, "macs_total": self.total / images,
+    def per_image(self, images: int, cfg_rows: int) -> dict[str, float]:
+        """Per image: c1 for one CFG branch (`cfg_rows` rows per image in the denoiser batch), total with all."""
+        return {"macs_c1": self.c1 / (images * cfg_rows), "macs_total": self.total / images,
                 "denoiser_calls": self.calls}
 
 
@@ -61,7 +61,7 @@ class _CountingHook(ModelHook):
                      if hidden.device.type == "cpu" else contextlib.nullcontext())
         with FlopCounterMode(display=False) as counter, math_sdpa:
             out = self.fn_ref.original_forward(*args, **kwargs)
-        self.tally.add(counter.get_flop_counts()["Global"], rows=hidden.shape[0])
+        self.tally.add(counter.get_flop_counts()["Global"])
         return out
 
 

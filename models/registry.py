@@ -84,6 +84,14 @@ MODELS: dict[str, ModelPreset] = {
             ),
             vae=TINY_VAE, text_encoder=TINY_T5, text_tokens=80, text_dim=32,
         ),
+        ModelPreset(  # a CPU-sized PixArt for speed benchmarks: 256 image tokens, 120 text tokens, width 512
+            name="mid_pixart", family="pixart", resolution=64,
+            transformer=dict(
+                PIXART_XL_2, num_attention_heads=8, attention_head_dim=64, num_layers=8,
+                cross_attention_dim=512, caption_channels=32, sample_size=32,
+            ),
+            vae=TINY_VAE, text_encoder=TINY_T5, text_tokens=120, text_dim=32,
+        ),
         ModelPreset(
             name="tiny_dit", family="dit", resolution=32,
             transformer=dict(DIT_XL_2, num_attention_heads=2, attention_head_dim=16, num_layers=4, sample_size=16),

@@ -30,12 +30,14 @@ VARIANTS = {
     "toca_similarity": {"method": "toca", "score": "similarity"},
     "toca_random": {"method": "toca", "score": "random"},
     "duca": {"method": "duca"},
+    "dicache": {"method": "dicache", "threshold": 1.0},
     # each method's own "compute everything" setting
     "fora_all": {"method": "fora", "interval": 1},
     "deepcache_all": {"method": "deepcache", "interval": 1},
     "taylorseer_all": {"method": "taylorseer", "interval": 1},
     "toca_all": {"method": "toca", "threshold": 1},
     "duca_all": {"method": "duca", "threshold": 1},
+    "dicache_all": {"method": "dicache", "threshold": 0.0},
 }
 MODELS = ("tiny_pixart", "tiny_dit")
 
@@ -45,8 +47,9 @@ def cfg():
     c = with_dit(smoke_config())
     c = copy.deepcopy(c)
     c["methods"].update(VARIANTS)
+    base = list(c["models"]["tiny_pixart"]["methods"])
     for m in MODELS:
-        c["models"][m]["methods"] = ["none", "steps_50", *VARIANTS]
+        c["models"][m]["methods"] = base + [v for v in VARIANTS if v not in base]
     return config_mod.validate(c)
 
 
@@ -59,21 +62,26 @@ def conds(model):
     return ["A cat on a mat.", "Two red buses."] if model == "tiny_pixart" else [3, 404]
 
 
-def run(cfg, pipes, model, variant):
+def run(cfg, pipes, model, variant, conditions=None, seeds=(21, 22)):
     cell = Cell(cfg, model, variant)
     with cell.accelerated(pipes[model]) as engine:
-        return cell.sample(pipes[model], engine, conds(model), [21, 22]).numpy()
+        return cell.sample(pipes[model], engine, conditions or conds(model), list(seeds)).numpy()
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("variant", ["fora_all", "deepcache_all", "taylorseer_all", "toca_all", "duca_all"])
+@pytest.mark.parametrize("variant", ["fora_all", "deepcache_all", "taylorseer_all", "toca_all", "duca_all",
+                                     "dicache_all"])
 def test_compute_everything_reproduces_none(cfg, pipes, model, variant):
-    np.testing.assert_array_equal(run(cfg, pipes, model, variant), run(cfg, pipes, model, "none"))
+    if variant.startswith("dicache"):  # DiCache samples one image at a time: compare like with like
+        ref = np.concatenate([run(cfg, pipes, model, "none", [c], [s]) for c, s in zip(conds(model), [21, 22])])
+    else:
+        ref = run(cfg, pipes, model, "none")
+    np.testing.assert_array_equal(run(cfg, pipes, model, variant), ref)
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("variant", ["fora", "deepcache", "taylorseer", "toca", "duca", "toca_vnorm",
-                                     "toca_similarity", "toca_random"])
+                                     "toca_similarity", "toca_random", "dicache"])
 def test_accelerated_runs_differ_but_stay_sane(cfg, pipes, model, variant):
     out, ref = run(cfg, pipes, model, variant), run(cfg, pipes, model, "none")
     assert out.shape == ref.shape and not np.array_equal(out, ref)
@@ -191,3 +199,66 @@ def test_method_settings_are_validated():
     assert (plan.ratios[partial, :, 0] == 0).all()  # self-attention is never partially recomputed
     assert (plan.ratios[[0, 4, 6]] == 1).all()
     assert plan.ratios[5, 0, 2] > plan.ratios[5, 27, 2] > 0  # deeper layers refresh fewer tokens
+
+
+def test_dicache_skip_decision_and_trajectory_alignment():
+    """Three blocks adding constants; retention {0, 1, 4}; threshold 0.5 on the probe's relative change."""
+    from methods.dicache import DiCache
+
+    method = DiCache(threshold=0.5, ret_ratio=0.2)
+    ctl = method.controller(5, 3)
+    assert ctl.retained == {0, 1, 4}
+    adds = {0: 1.0, 1: 2.0, 2: 3.0}
+
+    def run(step, x):
+        for b in range(3):
+            x = ctl.run_block(step, b, lambda t, b=b: t + adds[b], x, (x,), {})
+        return x
+
+    assert run(0, torch.tensor([1.0])).item() == 7.0 and run(1, torch.tensor([2.0])).item() == 8.0
+    # Step 2: probe output 3.2 vs 3.0 before: change 0.067 < 0.5 -> skip, align with the probe residuals.
+    out = run(2, torch.tensor([2.2]))
+    assert ctl.skipping and ctl.full_steps == 2
+    # r1 = r2 = 6 (both full steps added 1+2+3), so the aligned residual is 6 whatever γ is.
+    assert out.item() == pytest.approx(8.2)
+    # Step 3: probe 11.0 vs 3.2: accumulated change > 0.5 -> compute, and the accumulator resets.
+    assert run(3, torch.tensor([10.0])).item() == 16.0 and not ctl.skipping and ctl.acc == 0.0
+    ctl.finish()
+    assert ctl.runs == [3]
+
+
+def test_dicache_counts_real_runs_per_sample(cfg):
+    cell = Cell(cfg, "tiny_pixart", "dicache")
+    r = count_macs(cell, "auto")
+    full = count_macs(Cell(cfg, "tiny_pixart", "none"), "meta")
+    assert r["device"] == "cpu" and r["images"] == 8 and len(r["full_steps"]) == 8
+    assert 3 <= r["full_steps_mean"] < cell.num_steps
+    assert r["macs_c1"] < full["macs_c1"]
+    forced = count_macs(cell, "meta")  # the spec's forced pattern on the meta device
+    assert forced["denoiser_calls"] == cell.num_steps
+
+
+def test_accelerate_a_plain_diffusers_pipeline():
+    from methods import accelerate
+    from models import get_adapter
+
+    pipe = get_adapter("tiny_pixart").build("tiny", scheduler="dpm_solver_pp")
+
+    def call(steps=6):
+        gen = torch.Generator().manual_seed(0)
+        return pipe(prompt="A red bus.", negative_prompt="", num_inference_steps=steps, generator=gen,
+                    height=32, width=32, use_resolution_binning=False, clean_caption=False,
+                    max_sequence_length=80, output_type="np").images
+
+    plain = call()
+    handle = accelerate(pipe, "toca", fresh_ratio=0.3, grid=2)
+    first, second = call(), call()
+    np.testing.assert_array_equal(first, second)  # state resets between calls
+    assert not np.array_equal(first, plain)
+    assert call(steps=8).shape == plain.shape     # a run of another length gets its own plan
+    handle.detach()
+    np.testing.assert_array_equal(call(), plain)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        accelerate(pipe, "steps", ratio=0.5)
+    with pytest.raises(ValueError, match="registered methods"):
+        accelerate(pipe, "nosuch")

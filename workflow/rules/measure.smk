@@ -1,9 +1,10 @@
 rule macs:
-    # Counted while a whole sampling run executes, on the meta device: full size, no weights needed.
+    # Counted while a whole sampling run executes: on the meta device (full size, no weights) for static
+    # plans; methods that decide at run time (DiCache) count real runs and report the mean over samples.
     output: "results/macs/{model}/{method}.json"
     params: config=cell_config
     log: "logs/macs/{model}/{method}.log"
-    shell: "dsbench macs --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --device meta --out {output} > {log} 2>&1"
+    shell: "dsbench macs --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --device auto --out {output} > {log} 2>&1"
 
 
 rule latency:
