@@ -125,6 +125,12 @@ class Engine:
         self._skips = (plan.skip != COMPUTE).any(dim=0) if plan.skip is not None \
             else torch.zeros(plan.blocks, dtype=torch.bool)
         self._keeps |= self._skips.unsqueeze(-1)
+        # Python lists for the hot path: a hook call should not pay for tensor indexing.
+        self._keeps_list = self._keeps.tolist()
+        self._skips_list = self._skips.tolist()
+        self._sub_index = {s: i for i, s in enumerate(plan.sublayers)}
+        self._ratios_now: list = []
+        self._skip_now: list | None = None
         if not self.attached:
             self._block_hooked |= self._skips
 
@@ -176,6 +182,9 @@ class Engine:
             self.reset()
             self._set_plan(self.plan_for(len(self._timesteps)))
         self.step += 1
+        if self.step < self.plan.steps:
+            self._ratios_now = self.plan.ratios[self.step].tolist()
+            self._skip_now = self.plan.skip[self.step].tolist() if self.plan.skip is not None else None
         if self.step >= self.plan.steps:
             step = self.step
             self.reset()
@@ -192,21 +201,21 @@ class Engine:
         x = args[0] if args else kwargs["hidden_states"]
         if self.controller is not None:
             return self.controller.run_block(self.step, block, forward, x, args, kwargs)
-        mode = self.plan.skip_mode(self.step, block)
+        mode = self._skip_now[block] if self._skip_now is not None else COMPUTE
         if mode == SKIP_RESIDUAL:
             inp, out = self.block_cache[block]
             return x + (out - inp)
         if mode == SKIP_OUTPUT:
             return self.block_cache[block][1]
         out = forward(*args, **kwargs)
-        if self._skips[block]:
+        if self._skips_list[block]:
             self.block_cache[block] = (x, out)
         return out
 
     def _run_sublayer(self, hook: _SublayerHook, module, forward, args, kwargs):
         block, sub, kind = hook.block, hook.sublayer, hook.kind
-        ratio = self.plan.ratio(self.step, block, sub)
-        keeps = bool(self._keeps[block, self.plan.sublayers.index(sub)])
+        i = self._sub_index[sub]
+        ratio, keeps = self._ratios_now[block][i], self._keeps_list[block][i]
         x, call = _split_tokens(args, kwargs)
         state = self.states.setdefault((block, sub), SublayerState()) if keeps else None
         if ratio >= 1:
