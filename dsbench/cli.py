@@ -47,11 +47,16 @@ def cmd_reference(args):
 def cmd_macs(args):
     from dsbench.measure import count_macs
 
+    import yaml
+
     cfg = _config(args)
-    if args.method not in cfg["methods"]:  # a registered method name with its default (or --set) settings
-        settings = dict(kv.split("=", 1) for kv in args.set)
-        cfg["methods"][args.method] = {"method": args.method, **{k: _number(v) for k, v in settings.items()}}
-        config_mod.validate(cfg)
+    # A variant of the config, or a registered method name with its defaults; --set overrides settings.
+    variant = cfg["methods"].get(args.method, {"method": args.method})
+    bad = [kv for kv in args.set if "=" not in kv]
+    if bad:
+        raise ValueError(f"--set takes KEY=VALUE, got {bad}")
+    cfg["methods"][args.method] = {**variant, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}}
+    config_mod.validate(cfg)
     if args.model in cfg["models"] and args.method not in cfg["models"][args.model]["methods"]:
         cfg["models"][args.model]["methods"].append(args.method)
     result = count_macs(_cell(args, cfg), device=args.device)
@@ -66,16 +71,6 @@ def cmd_macs(args):
                   f"{result['full_steps_mean']:.2f} full steps on average")
         print(f"macs_c1 {result['macs_c1'] / 1e12:.4g} T")
         print(f"macs_total {result['macs_total'] / 1e12:.4g} T")
-
-
-def _number(v: str):
-    try:
-        return int(v)
-    except ValueError:
-        try:
-            return float(v)
-        except ValueError:
-            return v
 
 
 def cmd_latency(args):
@@ -164,7 +159,7 @@ def parser() -> argparse.ArgumentParser:
                    help="meta (full size, no weights), cpu, cuda, or auto: meta for static plans, the config's "
                         "device (real runs, mean over samples) for methods that decide at run time")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="setting of a method given by its registered name")
+                   help="override a setting of the method (YAML value), e.g. --set faithful_quirk=true")
     s.add_argument("--json", action="store_true")
     s.add_argument("--out")
     s = verb("latency", cmd_latency, "median latency and speedup against none, all methods in one run")
