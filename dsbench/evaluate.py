@@ -19,16 +19,16 @@ def weights_dir(config: dict) -> Path:
     return Path(config["resources"]) / "weights"
 
 
-def _networks(config: dict, need_clip: bool):
+def _device(config: dict) -> str:
     import torch
-    from metrics.networks import load_clip, load_fid_network, load_lpips
 
-    dev = config["device"] if not str(config["device"]).startswith("cuda") or torch.cuda.is_available() else "cpu"
-    m = config["metrics"]
-    fid_net = load_fid_network(m["fid_network"], weights_dir(config), dev)
-    clip = load_clip(m["clip_network"], weights_dir(config) / WEIGHT_FILES.get(m["clip_network"], ""), dev) \
-        if need_clip else None
-    return dev, fid_net, clip, load_lpips(m["lpips_network"], dev)
+    return config["device"] if not str(config["device"]).startswith("cuda") or torch.cuda.is_available() else "cpu"
+
+
+def _fid_network(config: dict):
+    from metrics.networks import load_fid_network
+
+    return load_fid_network(config["metrics"]["fid_network"], weights_dir(config), _device(config))
 
 
 def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | Path | None = None) -> dict:
@@ -43,9 +43,15 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         raise FileNotFoundError(f"reference statistics {reference} are missing; build them with "
                                 f"`dsbench reference --model {cell.model}` (or the workflow's reference rule)")
     ref = FeatureStats.load(reference)
-    text = cell.adapter.family != "dit"
-    dev, fid_net, clip, lpips_net = _networks(config, need_clip=text)
-    check_compatible(ref[3], res, fid_net.network_id)  # before any feature work
+    from metrics.networks import load_clip, load_lpips
+
+    text, dev, m = cell.adapter.family != "dit", _device(config), config["metrics"]
+    # Every network is loaded (a missing file is an error) before any feature work.
+    fid_net = _fid_network(config)
+    check_compatible(ref[3], res, fid_net.network_id)
+    clip = load_clip(m["clip_network"], weights_dir(config) / WEIGHT_FILES.get(m["clip_network"], ""), dev) \
+        if text else None
+    lpips_net = load_lpips(m["lpips_network"], dev) if config["fidelity_samples"] else None
 
     n, shard = cell.num_samples, config["shard_size"]
     folder = Path(samples_root) / "samples" / cell.model / cell.method
@@ -79,7 +85,7 @@ def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "res
 
     config, res = cell.config, get_preset(cell.model).resolution
     kind = cell.model_cfg.get("reference", "heldout")
-    dev, fid_net, _, _ = _networks(config, need_clip=False)
+    dev, fid_net = _device(config), _fid_network(config)
     if kind == "heldout":
         n = cell.model_cfg.get("reference_samples", cell.num_samples)
         heldout = {**cell.config, "models": {cell.model: {**cell.model_cfg, "num_samples": n}}}

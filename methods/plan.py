@@ -67,8 +67,3 @@ class Plan:
         """Mean fraction of sub-layer work computed (unweighted by sub-layer cost)."""
         return float(self.effective_ratios().mean())
 
-
-def full_steps_mask(steps: int, full: list[int] | set[int]) -> torch.Tensor:
-    m = torch.zeros(steps, dtype=torch.bool)
-    m[sorted(full)] = True
-    return m

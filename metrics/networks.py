@@ -7,7 +7,6 @@ Heavy libraries (open_clip, lpips, cleanfid) are imported inside the loaders.
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from models.base import seeded
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = (
@@ -26,14 +27,6 @@ ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 
 TINY_SEED = 0
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Deterministic construction that leaves the caller's global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 # ----------------------------------------------------------------------------- FID
@@ -74,7 +67,7 @@ def load_fid_network(name: str, weights_dir: str | Path | None, device: str | to
         net = InceptionV3W(str(path.parent), download=False, resize_inside=False)
         net.input_size, net.network_id = 299, "inception-2015-12-05"
     elif name == "tiny":
-        with _seeded(TINY_SEED):
+        with seeded(TINY_SEED):
             net = TinyFeatureNet()
         net.network_id = f"tiny-seed{TINY_SEED}"
     else:
@@ -117,7 +110,7 @@ def load_clip(name: str, weights: str | Path | None, device: str | torch.device)
         vision = CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32)
         # vocab/context must match the real BPE tokenizer, which works offline.
         text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
-        with _seeded(TINY_SEED):
+        with seeded(TINY_SEED):
             model = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text, quick_gelu=True)
         model = model.to(device)
         preprocess = open_clip.image_transform(32, is_train=False)
@@ -148,7 +141,7 @@ def load_lpips(name: str, device: str | torch.device) -> nn.Module:
             net = lpips.LPIPS(net="alex", verbose=False)
     elif name == "tiny":
         # Linear heads ship inside the lpips wheel; random (seeded) backbone => no download.
-        with _seeded(TINY_SEED), warnings.catch_warnings():
+        with seeded(TINY_SEED), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
     else:

@@ -8,6 +8,7 @@ Methods and metrics only talk to this contract, so a new family (FLUX's dual-str
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any, ClassVar, Sequence
 
@@ -40,18 +41,12 @@ def host_timesteps(cls):
     return type(f"Host{cls.__name__}", (cls,), {"set_timesteps": set_timesteps})
 
 
+@contextlib.contextmanager
 def seeded(seed: int):
-    """Context in which module construction draws its random weights from `seed`, leaving global RNG alone."""
-    class _Seeded:
-        def __enter__(self):
-            self._fork = torch.random.fork_rng(devices=[])
-            self._fork.__enter__()
-            torch.manual_seed(seed)
-
-        def __exit__(self, *exc):
-            return self._fork.__exit__(*exc)
-
-    return _Seeded()
+    """Module construction inside draws its random weights from `seed`, leaving the global RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class ModelAdapter:
