@@ -262,3 +262,25 @@ def test_accelerate_a_plain_diffusers_pipeline():
         accelerate(pipe, "steps", ratio=0.5)
     with pytest.raises(ValueError, match="registered methods"):
         accelerate(pipe, "nosuch")
+
+
+def test_partial_self_attention_takes_keys_and_values_from_every_token(cfg, pipes):
+    """A plan computing half of the tokens of attn1: queries from k tokens, keys/values from all N."""
+    cell = Cell(cfg, "tiny_dit", "none")
+    pipe = pipes["tiny_dit"]
+    layout = cell.adapter.layout(pipe)
+    ratios = torch.ones(cell.num_steps, layout.blocks, len(layout.sublayers))
+    ratios[1:, :, layout.index("self_attn")] = 0.5
+    attn1 = cell.adapter.blocks(pipe)[0].attn1
+    calls = []
+    seen = attn1.to_q.register_forward_hook(lambda m, a, o: calls.append(("q", a[0].shape)))
+    seen_k = attn1.to_k.register_forward_hook(lambda m, a, o: calls.append(("k", a[0].shape)))
+    try:
+        with Engine(cell.adapter, pipe, Plan(ratios, layout.sublayers), Ranking(score="norm"), cfg_halves=2):
+            out = cell.adapter.sample(pipe, [3], [1], num_steps=cell.num_steps, guidance_scale=1.5)
+    finally:
+        seen.remove(), seen_k.remove()
+    n = cell.adapter.token_grid()[0] * cell.adapter.token_grid()[1]
+    assert calls[0] == ("q", torch.Size([2, n, 32])) and calls[1] == ("k", torch.Size([2, n, 32]))
+    assert calls[2] == ("q", torch.Size([2, n // 2, 32])) and calls[3] == ("k", torch.Size([2, n, 32]))
+    assert out.shape == (1, 32, 32, 3)
