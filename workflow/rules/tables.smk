@@ -8,9 +8,11 @@ rule render_table:
         paper=lambda wc: [p for p in [PAPER_DIR / f"{wc.table}.csv"] if p.exists()],
     output: table_output("{table}")
     wildcard_constraints: table="table[0-9]+"
-    params: config=json.dumps(config, sort_keys=True)
+    params:
+        config=json.dumps(config, sort_keys=True),
+        paper_dir=str(PAPER_DIR),
     log: "logs/render/{table}.log"
-    shell: "dsbench render --config {params.config:q} --table {wildcards.table} --paper-dir {PAPER_DIR:q} > {log} 2>&1"
+    shell: "dsbench render --config {params.config:q} --table {wildcards.table} --paper-dir {params.paper_dir:q} > {log} 2>&1"
 
 
 rule table1:
