@@ -95,6 +95,8 @@ class Engine:
         """`plan_for(num_steps)`, if given, builds the plan when a pipeline call starts (library use,
         where the number of steps is only known then); a new call is recognised by the scheduler's new
         timesteps tensor."""
+        if plan is None and plan_for is None:
+            raise ValueError("an engine needs a plan, or plan_for to build one per pipeline call")
         self.adapter, self.pipe, self.cfg_halves = adapter, pipe, cfg_halves
         self.ranking, self.controller, self.plan_for = ranking, controller, plan_for  # controller: a dynamic rule
         if ranking is not None:
