@@ -124,6 +124,17 @@ def cmd_render(args):
     print(Path(f"{out}.md").read_text())
 
 
+def cmd_train_proxy(args):
+    from dsbench.proxy_train import dit_proxy_config, train_dit_proxy
+
+    out = Path(args.out)
+    if (out / "provenance.json").exists() and not args.force:
+        raise FileExistsError(f"{out} already holds trained weights; pass --force to retrain over them")
+    info = train_dit_proxy(out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                           arch=dit_proxy_config(args.layers, args.heads, args.head_dim))
+    print(json.dumps(info, indent=2))
+
+
 def cmd_doctor(args):
     from dsbench.doctor import check, report
 
@@ -176,6 +187,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--table", required=True)
     s.add_argument("--root", default="results")
     s.add_argument("--paper-dir", default=str(config_mod.REPO / "results" / "paper"))
+    s = verb("train-proxy", cmd_train_proxy, "train the class-conditional DiT proxy on procedural shapes "
+             "(pixel space; groundwork for the CPU proxy benchmark)", model=False)
+    s.add_argument("--out", required=True)
+    s.add_argument("--steps", type=int, default=2000)
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--lr", type=float, default=3e-4)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--layers", type=int, default=6)
+    s.add_argument("--heads", type=int, default=4)
+    s.add_argument("--head-dim", type=int, default=32)
+    s.add_argument("--force", action="store_true", help="retrain over existing weights")
     s = verb("doctor", cmd_doctor, "list the weights, datasets and statistics present and missing", model=False)
     s.add_argument("--strict", action="store_true", help="exit 1 when something is missing")
     return p
@@ -187,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading never downloads implicitly (see models/weights.py)
     try:
         return args.fn(args) or 0
-    except (config_mod.ConfigError, ValueError, FileNotFoundError) as e:
+    except (config_mod.ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"dsbench {args.verb}: error: {e}", file=sys.stderr)
         return 2
 
