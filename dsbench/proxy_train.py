@@ -66,7 +66,7 @@ def train_dit_proxy(out_dir: str | Path, *, steps: int, batch: int = 64, lr: flo
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            log.append(float(loss))
+            log.append(loss.item())
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
