@@ -5,13 +5,7 @@ from pathlib import Path
 
 from dsbench.conditions import DATASET_FILES, dataset_path
 
-INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
-NETWORK_FILES = {
-    ("fid_network", "inception"): ("weights/inception-2015-12-05.pt", f"curl -L -o {{path}} {INCEPTION_URL}"),
-    ("clip_network", "ViT-L-14-quickgelu"): (
-        "weights/open_clip_vit_l14_openai.bin",
-        "hf download timm/vit_large_patch14_clip_224.openai open_clip_pytorch_model.bin && cp <that file> {path}"),
-}
+CLIP_HINT = "hf download timm/vit_large_patch14_clip_224.openai open_clip_pytorch_model.bin && cp <that file> {path}"
 REFERENCE_HELP = {
     "coco2017_val": "the COCO val2017 images of the caption list, center-cropped and resized (PIL bicubic) "
                     "to {res}px, as PNG (http://images.cocodataset.org/zips/val2017.zip)",
@@ -45,18 +39,25 @@ def check(config: dict) -> list[dict]:
             rows.append(dict(what="reference images", needed_by=name, where=str(folder),
                              present=folder.is_dir() and any(folder.iterdir()),
                              how=REFERENCE_HELP[ref].format(res=res)))
-    for key, value in config["metrics"].items():
-        if (key, value) in NETWORK_FILES:
-            rel, how = NETWORK_FILES[(key, value)]
-            path = res_dir / rel
-            rows.append(dict(what=f"{key} weights", needed_by="metrics", where=str(path), present=path.is_file(),
-                             how=how.format(path=path)))
-    if config["metrics"]["lpips_network"] == "alex":
-        import torch.hub
+    # The file names come from where they are loaded (metrics/networks.py, dsbench/evaluate.py).
+    import torch.hub
 
-        path = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
-        rows.append(dict(what="LPIPS backbone", needed_by="metrics", where=str(path), present=path.is_file(),
-                         how=f"curl -L -o {path} https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"))
+    from dsbench.evaluate import WEIGHT_FILES, weights_dir
+    from metrics.networks import ALEXNET_FILE, ALEXNET_URL, INCEPTION_FILE, INCEPTION_URL
+
+    m, wdir = config["metrics"], weights_dir(config)
+    needed = []
+    if m["fid_network"] == "inception":
+        path = wdir / INCEPTION_FILE
+        needed.append(("fid_network weights", path, f"curl -L -o {path} {INCEPTION_URL}"))
+    if m["clip_network"] in WEIGHT_FILES:
+        path = wdir / WEIGHT_FILES[m["clip_network"]]
+        needed.append(("clip_network weights", path, CLIP_HINT.format(path=path)))
+    if m["lpips_network"] == "alex":
+        path = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+        needed.append(("LPIPS backbone", path, f"curl -L -o {path} {ALEXNET_URL}"))
+    rows += [dict(what=what, needed_by="metrics", where=str(path), present=path.is_file(), how=how)
+             for what, path, how in needed]
     return rows
 
 

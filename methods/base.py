@@ -49,9 +49,6 @@ class Method:
         """How partial sub-layers choose their tokens (None: the plan has no partial ratios)."""
         return None
 
-    def describe(self) -> dict[str, Any]:
-        return {"method": self.name, **dataclasses.asdict(self.config)}
-
 
 def check_ratio(method: str, key: str, value: float, *, low_open: bool = False) -> None:
     bad = not isinstance(value, (int, float)) or not (0 < value <= 1 if low_open else 0 <= value <= 1)

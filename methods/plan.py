@@ -51,19 +51,5 @@ class Plan:
     def blocks(self) -> int:
         return self.ratios.shape[1]
 
-    def ratio(self, step: int, block: int, sublayer: str) -> float:
-        return float(self.ratios[step, block, self.sublayers.index(sublayer)])
-
     def skip_mode(self, step: int, block: int) -> int:
         return COMPUTE if self.skip is None else int(self.skip[step, block])
-
-    def effective_ratios(self) -> torch.Tensor:
-        """Ratios with skipped blocks counted as computing nothing (for MACs and heatmaps)."""
-        if self.skip is None:
-            return self.ratios
-        return self.ratios * (self.skip == COMPUTE).unsqueeze(-1)
-
-    def compute_fraction(self) -> float:
-        """Mean fraction of sub-layer work computed (unweighted by sub-layer cost)."""
-        return float(self.effective_ratios().mean())
-
