@@ -2,6 +2,7 @@
 #   snakemake --cores 8 table1
 #   snakemake results/pixart_512.csv        (one model cell: every method x metric)
 #   snakemake --configfile tests/smoke.yaml --replace-workflow-config --cores 2 smoke
+#   snakemake --cores 2 train_proxies       (retrain the CPU proxies; only when asked)
 from snakemake.utils import min_version
 
 min_version("9.19")
@@ -12,3 +13,4 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/proxies.smk"

@@ -7,7 +7,7 @@ import pandas as pd
 
 from dsbench.io import read_json, write_text
 
-TERA = 1e12
+TERA, GIGA = 1e12, 1e9
 
 
 def aggregate(model: str, methods: list[str], macs: list[Path], metrics: list[Path], latency: Path,
@@ -19,8 +19,9 @@ def aggregate(model: str, methods: list[str], macs: list[Path], metrics: list[Pa
         rows.append({
             "model": model, "method": method, "num_steps": mac["num_steps"],
             "macs_c1_T": mac["macs_c1"] / TERA, "macs_total_T": mac["macs_total"] / TERA,
+            "macs_c1_G": mac["macs_c1"] / GIGA,  # the CPU proxies' scale
             "latency_s": lat[method]["median_s"], "speedup": lat[method]["speedup"],
-            **{k: met.get(k) for k in ("fid", "clip", "psnr", "lpips", "n_samples", "fid_n_ref")},
+            **{k: met.get(k) for k in ("fid", "clip", "align", "psnr", "lpips", "n_samples", "fid_n_ref")},
             **provenance[method],
         })
     df = pd.DataFrame(rows)

@@ -125,14 +125,32 @@ def cmd_render(args):
 
 
 def cmd_train_proxy(args):
-    from dsbench.proxy_train import dit_proxy_config, train_dit_proxy
+    from dsbench.proxy_train import train_proxy
 
     out = Path(args.out)
     if (out / "provenance.json").exists() and not args.force:
         raise FileExistsError(f"{out} already holds trained weights; pass --force to retrain over them")
-    info = train_dit_proxy(out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                           arch=dit_proxy_config(args.layers, args.heads, args.head_dim))
+    info = train_proxy(args.name, out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
     print(json.dumps(info, indent=2))
+
+
+def cmd_grid(args):
+    from dsbench.grid import method_rows, sample_grid
+
+    cfg = _config(args)
+    m = cfg["models"][args.model]
+    methods = args.methods.split(",") if args.methods else m["methods"]
+    unknown = [x for x in methods if x not in m["methods"]]
+    if unknown:
+        raise ValueError(f"method variant(s) {unknown} are not run on {args.model} (its methods: {m['methods']})")
+    rows = method_rows(args.root, args.model, methods, m["num_samples"], cfg["shard_size"], args.n)
+    if args.real and m["dataset"].startswith("shapes"):  # the training data beside the samples
+        from dsbench.conditions import SHAPES_REFERENCE_SEED
+        from dsbench.shapes import make_shapes
+
+        rows = {"real data": make_shapes(args.n, seed=SHAPES_REFERENCE_SEED, size=rows[methods[0]].shape[1])[0],
+                **rows}
+    print(sample_grid(rows, args.out))
 
 
 def cmd_doctor(args):
@@ -187,17 +205,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--table", required=True)
     s.add_argument("--root", default="results")
     s.add_argument("--paper-dir", default=str(config_mod.REPO / "results" / "paper"))
-    s = verb("train-proxy", cmd_train_proxy, "train the class-conditional DiT proxy on procedural shapes "
-             "(pixel space; groundwork for the CPU proxy benchmark)", model=False)
-    s.add_argument("--out", required=True)
-    s.add_argument("--steps", type=int, default=2000)
-    s.add_argument("--batch", type=int, default=64)
-    s.add_argument("--lr", type=float, default=3e-4)
+    s = verb("train-proxy", cmd_train_proxy, "train a CPU proxy (DiT, PixArt or the shapes classifier) on the "
+             "procedural shapes, deterministically from a seed", model=False)
+    s.add_argument("--name", required=True, choices=["proxy_dit", "proxy_pixart", "shapes_classifier"])
+    s.add_argument("--out", required=True, help="folder for the weights, provenance.json and loss.csv")
+    s.add_argument("--steps", type=int, help="optimizer steps (default: dsbench/proxy_train.py DEFAULTS)")
+    s.add_argument("--batch", type=int)
+    s.add_argument("--lr", type=float)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--layers", type=int, default=6)
-    s.add_argument("--heads", type=int, default=4)
-    s.add_argument("--head-dim", type=int, default=32)
     s.add_argument("--force", action="store_true", help="retrain over existing weights")
+    s = verb("grid", cmd_grid, "a PNG of a model's first samples, one row per method (after generate)")
+    s.add_argument("--methods", help="comma-separated variants (default: the model's methods)")
+    s.add_argument("-n", type=int, default=12, help="samples per row")
+    s.add_argument("--real", action="store_true", help="add a row of real data (the proxies' shapes)")
+    s.add_argument("--root", default="results")
+    s.add_argument("--out", required=True)
     s = verb("doctor", cmd_doctor, "list the weights, datasets and statistics present and missing", model=False)
     s.add_argument("--strict", action="store_true", help="exit 1 when something is missing")
     return p

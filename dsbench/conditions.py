@@ -29,8 +29,18 @@ def dataset_path(dataset: str, resources: str | Path) -> Path | None:
     return None  # imagenet_classes needs no file
 
 
+# Seeds of the shapes streams: training uses its own seed (0 by default), evaluation conditions and the
+# real reference images draw from these, so neither repeats a training image.
+SHAPES_CONDITION_SEED, SHAPES_REFERENCE_SEED = 1000, 2000
+
+
 def load_conditions(dataset: str, num_samples: int, resources: str | Path) -> list:
     """The condition of every sample 0..num_samples-1."""
+    if dataset in ("shapes_classes", "shapes_captions"):
+        from dsbench.shapes import attributes
+
+        samples = [attributes(SHAPES_CONDITION_SEED, i) for i in range(num_samples)]
+        return [s.label for s in samples] if dataset == "shapes_classes" else [s.caption for s in samples]
     if dataset == "imagenet_classes":
         return [i % 1000 for i in range(num_samples)]  # 50k samples = 50 per class, as ADM's protocol
     path = dataset_path(dataset, resources)

@@ -32,8 +32,18 @@ def check(config: dict) -> list[dict]:
         if m["dataset"] in DATASET_FILES:
             rows.append(dict(what="dataset", needed_by=name, where=str(path), present=path.is_file(),
                              how=DATASET_FILES[m["dataset"]][1]))
+        if m["source"] == "proxy":
+            from models.proxy import ProxyWeightsError, proxy_dir, verified
+
+            folder = proxy_dir(get_preset(name).proxy, m.get("weights"))
+            try:
+                ok = bool(verified(folder))
+            except ProxyWeightsError:
+                ok = False
+            rows.append(dict(what="proxy weights", needed_by=name, where=str(folder), present=ok,
+                             how="git checkout the committed folder, or `snakemake --cores 2 train_proxies`"))
         ref = m.get("reference", "heldout")
-        if ref != "heldout":
+        if ref not in ("heldout", "shapes"):
             res = get_preset(name).resolution
             folder = res_dir / "reference" / f"{ref}_{res}"
             rows.append(dict(what="reference images", needed_by=name, where=str(folder),

@@ -44,14 +44,22 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
                                 f"`dsbench reference --model {cell.model}` (or the workflow's reference rule)")
     ref = FeatureStats.load(reference)
     from metrics.networks import load_clip, load_lpips
+    from metrics.shapes_classifier import load_shapes_classifier
 
-    text, dev, m = cell.adapter.family != "dit", _device(config), config["metrics"]
+    dev, m = _device(config), config["metrics"]
+    text = cell.adapter.family != "dit" and m["clip_network"] != "none"
     # Every network is loaded (a missing file is an error) before any feature work.
     fid_net = _fid_network(config)
     check_compatible(ref[3], res, fid_net.network_id)
     clip = load_clip(m["clip_network"], weights_dir(config) / WEIGHT_FILES.get(m["clip_network"], ""), dev) \
         if text else None
     lpips_net = load_lpips(m["lpips_network"], dev) if config["fidelity_samples"] else None
+    align = None
+    if m.get("alignment", "none") == "shapes":
+        from metrics.shapes_classifier import Alignment
+        from models.proxy import proxy_dir
+
+        align = Alignment(load_shapes_classifier(proxy_dir("shapes_classifier"), dev), dev)
 
     n, shard = cell.num_samples, config["shard_size"]
     folder = Path(samples_root) / "samples" / cell.model / cell.method
@@ -61,11 +69,17 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     out = {"model": cell.model, "method": cell.method, "n_samples": stats.n, "fid": frechet_distance(stats, ref),
            "fid_n_ref": ref[2], "fid_network": fid_net.network_id}
 
-    if text:
-        score, conds = ClipScore(clip, dev, config["metrics"]["clip_mode"]), cell.conditions()
+    if text or align:
+        score, conds = ClipScore(clip, dev, m["clip_mode"]) if text else None, cell.conditions()
         for k, rng in enumerate(shard_ranges(n, shard)):
-            score.update(read_shard(shard_path(folder, k), rng).images, [conds[i] for i in rng])
-        out |= {"clip": score.compute(), "clip_network": clip.network_id}
+            images, batch_conds = read_shard(shard_path(folder, k), rng).images, [conds[i] for i in rng]
+            for metric in (score, align):
+                if metric is not None:
+                    metric.update(images, batch_conds)
+        if text:
+            out |= {"clip": score.compute(), "clip_network": clip.network_id}
+        if align:
+            out |= {"align": align.compute()}
 
     k = min(config["fidelity_samples"], n)
     if k:
@@ -80,7 +94,8 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
 
 def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "results") -> dict:
     """Reference statistics for the cell's model. `heldout`: the unaccelerated model on held-out seeds
-    (tiny runs have no real data); real references come from an image folder under resources/."""
+    (tiny runs have no real data); `shapes`: the proxies' procedural data; real references come from an
+    image folder under resources/."""
     from metrics.fid import make_reference_stats
 
     config, res = cell.config, get_preset(cell.model).resolution
@@ -97,6 +112,13 @@ def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "res
         generate(ref_cell, folder, base_seed=config["seed"] + 1, progress=False)
         batches = iter_images(folder, n, config["shard_size"])
         names = [f"heldout:{sample_seed(config['seed'] + 1, i)}" for i in range(n)]
+    elif kind == "shapes":  # the proxies' real data: fresh renders, none of them a training image
+        from dsbench.conditions import SHAPES_REFERENCE_SEED
+        from dsbench.shapes import make_shapes
+
+        n, seed = cell.model_cfg.get("reference_samples", 2000), SHAPES_REFERENCE_SEED
+        batches = (make_shapes(min(256, n - i), seed=seed, size=res, start=i)[0] for i in range(0, n, 256))
+        names = [f"shapes:{seed}:{i}" for i in range(n)]
     else:
         folder = Path(config["resources"]) / "reference" / f"{kind}_{res}"
         files = sorted(itertools.chain(folder.glob("*.png"), folder.glob("*.jpg"), folder.glob("*.JPEG")))

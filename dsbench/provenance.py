@@ -43,7 +43,14 @@ def device_name(device: str) -> str:
 
 def provenance(cell) -> dict:
     m = cell.model_cfg
-    weights = (m.get("weights") or cell.adapter.preset.hub_id) if m["source"] == "real" else \
-        f"tiny seeded random (seed {cell.config['seed']})"
+    if m["source"] == "real":
+        weights = m.get("weights") or cell.adapter.preset.hub_id
+    elif m["source"] == "proxy":
+        from models.proxy import proxy_dir, verified
+
+        folder = proxy_dir(cell.adapter.preset.proxy, m.get("weights"))
+        weights = f"proxy {folder.name} " + ",".join(f"{k}:{v[:12]}" for k, v in verified(folder)["sha256"].items())
+    else:
+        weights = f"tiny seeded random (seed {cell.config['seed']})"
     return {"git_commit": git_commit(), "config_hash": digest({"model": m, "method": cell.method_cfg}),
             "versions": versions(), "device": device_name(cell.config["device"]), "model_source": weights}

@@ -66,12 +66,19 @@ def load_fid_network(name: str, weights_dir: str | Path | None, device: str | to
         # resize_inside=False: we resize outside with clean-fid's PIL-bicubic ("clean" mode).
         net = InceptionV3W(str(path.parent), download=False, resize_inside=False)
         net.input_size, net.network_id = 299, "inception-2015-12-05"
+    elif name == "shapes":  # the proxy benchmark's classifier (metrics/shapes_classifier.py), hash-checked
+        from metrics.shapes_classifier import load_shapes_classifier
+        from models.proxy import proxy_dir, verified
+
+        folder = proxy_dir("shapes_classifier")
+        net = load_shapes_classifier(folder, device)
+        net.network_id = f"shapes-classifier-{verified(folder)['sha256']['model.safetensors'][:12]}"
     elif name == "tiny":
         with seeded(TINY_SEED):
             net = TinyFeatureNet()
         net.network_id = f"tiny-seed{TINY_SEED}"
     else:
-        raise ValueError(f"unknown FID network {name!r}; valid: 'inception', 'tiny'")
+        raise ValueError(f"unknown FID network {name!r}; valid: 'inception', 'shapes', 'tiny'")
     return net.to(device).eval()
 
 
@@ -139,12 +146,20 @@ def load_lpips(name: str, device: str | torch.device) -> nn.Module:
         with warnings.catch_warnings():  # torchvision's `pretrained=` deprecation noise
             warnings.simplefilter("ignore", UserWarning)
             net = lpips.LPIPS(net="alex", verbose=False)
+    elif name == "shapes":  # the proxies: an LPIPS-style distance over the shapes classifier's layers
+        from metrics.shapes_classifier import ShapesPerceptualDistance, load_shapes_classifier
+        from models.proxy import proxy_dir, verified
+
+        folder = proxy_dir("shapes_classifier")
+        net = ShapesPerceptualDistance(load_shapes_classifier(folder, device))
+        net.network_id = f"lpips-style-shapes-classifier-{verified(folder)['sha256']['model.safetensors'][:12]}"
+        return net.eval()
     elif name == "tiny":
         # Linear heads ship inside the lpips wheel; random (seeded) backbone => no download.
         with seeded(TINY_SEED), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
     else:
-        raise ValueError(f"unknown LPIPS network {name!r}; valid: 'alex', 'tiny'")
+        raise ValueError(f"unknown LPIPS network {name!r}; valid: 'alex', 'shapes', 'tiny'")
     net.network_id = f"lpips-alex-v0.1{'-tiny-seed%d' % TINY_SEED if name == 'tiny' else ''}"
     return net.to(device).eval()

@@ -17,7 +17,7 @@ import torch
 from models import weights as weights_mod
 from models.registry import ModelPreset
 
-SOURCES = ("real", "tiny", "meta")
+SOURCES = ("real", "tiny", "proxy", "meta")
 
 
 def scheduler_class(name: str):
@@ -68,7 +68,18 @@ class ModelAdapter:
             raise ValueError(f"{self.preset.name} is a tiny model: it has no real weights; use source 'tiny'")
         if source == "tiny" and not self.preset.is_tiny:
             raise ValueError(f"{self.preset.name} is a full-size model: use source 'real' or 'meta'")
-        if source == "real":
+        if source == "proxy" and not self.preset.proxy:
+            raise ValueError(f"{self.preset.name} is not a trained proxy; source 'proxy' is for "
+                             f"{', '.join(n for n, p in _presets().items() if p.proxy)}")
+        if source == "proxy":
+            from models.proxy import proxy_dir, verified
+
+            folder = proxy_dir(self.preset.proxy, weights)
+            verified(folder)  # every weight file's SHA-256, before anything is loaded
+            pipe = self._assemble(scheduler_class(scheduler)(), text=True, folder=folder)
+            if dtype != torch.float32:
+                pipe.to(dtype=dtype)
+        elif source == "real":
             pipe = self._load_real(weights or self.preset.hub_id, dtype)
             pipe.scheduler = scheduler_class(scheduler).from_config(pipe.scheduler.config)
         elif source == "meta":
@@ -92,9 +103,22 @@ class ModelAdapter:
                 m.eval().requires_grad_(False)
         return pipe
 
-    def _assemble(self, scheduler, text: bool):
-        """Pipeline from the preset's configs with fresh weights (tiny, or on the meta device)."""
+    def _assemble(self, scheduler, text: bool, folder=None):
+        """Pipeline from the preset's configs: fresh weights (tiny, or on the meta device), or a trained
+        proxy's from `folder`."""
         raise NotImplementedError
+
+    def _vae(self):
+        if self.preset.pixel_space:
+            from models.pixel_vae import PixelSpaceVAE
+
+            return PixelSpaceVAE(**self.preset.vae)
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL(**self.preset.vae)
+
+    def _transformer(self, cls, folder):
+        return cls.from_pretrained(folder / "transformer") if folder else cls(**self.preset.transformer)
 
     def _load_real(self, repo: str, dtype: torch.dtype):
         raise NotImplementedError
@@ -151,6 +175,12 @@ class ModelAdapter:
     def _call(self, pipe, conditions, generators, num_steps, guidance_scale) -> torch.Tensor:
         """Run the diffusers pipeline; float images in [0, 1], NCHW."""
         raise NotImplementedError
+
+
+def _presets():
+    from models.registry import MODELS
+
+    return MODELS
 
 
 def adapter_for(preset: ModelPreset) -> ModelAdapter:

@@ -11,11 +11,11 @@ class Adapter(ModelAdapter):
     sublayers = ("attn1", "ff")
     sublayer_kinds = {"attn1": "self_attn", "ff": "mlp"}
 
-    def _assemble(self, scheduler, text: bool):
-        from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
+    def _assemble(self, scheduler, text: bool, folder=None):
+        from diffusers import DiTPipeline, DiTTransformer2DModel
 
-        return DiTPipeline(transformer=DiTTransformer2DModel(**self.preset.transformer),
-                           vae=AutoencoderKL(**self.preset.vae), scheduler=scheduler)
+        return DiTPipeline(transformer=self._transformer(DiTTransformer2DModel, folder), vae=self._vae(),
+                           scheduler=scheduler)
 
     def _load_real(self, repo, dtype):
         from diffusers import DiTPipeline

@@ -21,15 +21,20 @@ class Adapter(ModelAdapter):
     sublayers = ("attn1", "attn2", "ff")
     sublayer_kinds = {"attn1": "self_attn", "attn2": "cross_attn", "ff": "mlp"}
 
-    def _assemble(self, scheduler, text: bool):
-        from diffusers import AutoencoderKL, PixArtAlphaPipeline, PixArtTransformer2DModel
+    def _assemble(self, scheduler, text: bool, folder=None):
+        from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
 
         tok = enc = None
-        if text:
+        if text and self.preset.proxy:
+            from models.proxy import text_encoder
+
+            tok, enc = text_encoder(self.preset.text_encoder, self.preset.text_tokens,
+                                    folder=folder / "text_encoder" if folder else None)
+        elif text:
             tok, enc = tiny_text_encoder(self.preset.text_encoder)
         return PixArtAlphaPipeline(
-            tokenizer=tok, text_encoder=enc, vae=AutoencoderKL(**self.preset.vae),
-            transformer=PixArtTransformer2DModel(**self.preset.transformer), scheduler=scheduler,
+            tokenizer=tok, text_encoder=enc, vae=self._vae(),
+            transformer=self._transformer(PixArtTransformer2DModel, folder), scheduler=scheduler,
         )
 
     def _load_real(self, repo, dtype):

@@ -32,6 +32,8 @@ TINY_VAE = dict(  # two levels -> vae_scale_factor 2
     block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
     up_block_types=["UpDecoderBlock2D"] * 2, scaling_factor=0.18215,
 )
+PIXEL_VAE = dict(channels=3, block_out_channels=[1], scaling_factor=1.0)  # models.pixel_vae: latents are pixels
+PROXY_T5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
 TINY_T5 = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
 
 
@@ -47,11 +49,16 @@ class ModelPreset:
     text_encoder: dict[str, Any] | None = None   # tiny T5 kwargs (tiny presets only)
     text_tokens: int = 120             # max_sequence_length of the caption encoder
     text_dim: int = 4096               # caption embedding width (T5-XXL)
+    proxy: str | None = None           # trained CPU proxy: its committed folder under models/proxies/
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def is_tiny(self) -> bool:
         return self.hub_id is None
+
+    @property
+    def pixel_space(self) -> bool:
+        return self.vae is PIXEL_VAE
 
     @property
     def latent_size(self) -> int:
@@ -91,6 +98,20 @@ MODELS: dict[str, ModelPreset] = {
                 cross_attention_dim=512, caption_channels=32, sample_size=32,
             ),
             vae=TINY_VAE, text_encoder=TINY_T5, text_tokens=120, text_dim=32,
+        ),
+        # CPU proxies trained by this harness (models/proxy.py): pixel space 32×32, patch 2 -> 256 tokens.
+        ModelPreset(
+            name="proxy_dit", family="dit", resolution=32, proxy="proxy_dit", vae=PIXEL_VAE,
+            transformer=dict(DIT_XL_2, num_attention_heads=4, attention_head_dim=16, num_layers=6,
+                             sample_size=32, in_channels=3, out_channels=3),
+            text_tokens=0, text_dim=0,
+        ),
+        ModelPreset(
+            name="proxy_pixart", family="pixart", resolution=32, proxy="proxy_pixart", vae=PIXEL_VAE,
+            transformer=dict(PIXART_XL_2, num_attention_heads=4, attention_head_dim=16, num_layers=6,
+                             cross_attention_dim=64, caption_channels=PROXY_T5["d_model"], sample_size=32,
+                             in_channels=3, out_channels=3),
+            text_encoder=PROXY_T5, text_tokens=16, text_dim=PROXY_T5["d_model"],
         ),
         ModelPreset(
             name="tiny_dit", family="dit", resolution=32,

@@ -19,7 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 CONFIG_YAML = REPO / "config.yaml"
-SMOKE_YAML = REPO / "tests" / "smoke.yaml"
+TINY_YAML = REPO / "tests" / "tiny.yaml"
 
 
 @dataclass
@@ -72,6 +72,6 @@ def dsbench_cli():
 
 
 @pytest.fixture
-def smoke_yaml() -> dict:
-    """A fresh deep copy of tests/smoke.yaml as loaded by yaml (not validated, no defaults filled)."""
-    return copy.deepcopy(yaml.safe_load(SMOKE_YAML.read_text()))
+def tiny_yaml() -> dict:
+    """A fresh deep copy of tests/tiny.yaml as loaded by yaml (not validated, no defaults filled)."""
+    return copy.deepcopy(yaml.safe_load(TINY_YAML.read_text()))

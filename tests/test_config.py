@@ -13,8 +13,8 @@ import yaml
 from dsbench import config as dsconfig
 
 ROOT = Path(__file__).resolve().parents[1]
-# The index a row appended to the smoke table gets.
-_NEW_ROW = len(yaml.safe_load((ROOT / "tests" / "smoke.yaml").read_text())["tables"]["table1"]["rows"])
+# The index a row appended to the tiny table gets.
+_NEW_ROW = len(yaml.safe_load((ROOT / "tests" / "tiny.yaml").read_text())["tables"]["table1"]["rows"])
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
 
@@ -22,7 +22,7 @@ SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").r
 # the shipped configs
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "tests/smoke.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "tests/tiny.yaml"])
 def test_shipped_config_validates(name):
     cfg = dsconfig.load(ROOT / name)
     assert cfg["models"] and cfg["methods"] and cfg["tables"]
@@ -34,7 +34,7 @@ def test_shipped_config_validates(name):
         assert model.get("reference") in ("coco2017_val", "imagenet_train", "heldout")
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "tests/smoke.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "tests/tiny.yaml"])
 def test_restricted_cell_config_round_trips(name):
     """Every rule receives `restrict(config, model)` as inline JSON; it must load by itself."""
     cfg = dsconfig.load(ROOT / name)
@@ -84,7 +84,7 @@ def test_schema_method_enum_matches_registry():
 
 
 # ---------------------------------------------------------------------------------------------
-# bad configs: one mutation of tests/smoke.yaml each
+# bad configs: one mutation of tests/tiny.yaml each
 
 
 def _unknown_model(c):
@@ -158,30 +158,30 @@ BAD = {
 }
 
 
-def _bad_config(smoke_yaml, case):
-    cfg = copy.deepcopy(smoke_yaml)
+def _bad_config(tiny_yaml, case):
+    cfg = copy.deepcopy(tiny_yaml)
     BAD[case][0](cfg)
     return cfg
 
 
-def test_smoke_config_unmutated_is_valid(smoke_yaml):
+def test_tiny_config_unmutated_is_valid(tiny_yaml):
     """The baseline of the bad-config cases: each failure below comes from its mutation alone."""
-    dsconfig.validate(copy.deepcopy(smoke_yaml))
+    dsconfig.validate(copy.deepcopy(tiny_yaml))
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_validate_names_the_key(smoke_yaml, case):
+def test_validate_names_the_key(tiny_yaml, case):
     with pytest.raises(dsconfig.ConfigError) as info:
-        dsconfig.validate(_bad_config(smoke_yaml, case))
+        dsconfig.validate(_bad_config(tiny_yaml, case))
     msg = str(info.value)
     for part in BAD[case][1]:
         assert part in msg, f"{part!r} not in {msg!r}"
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_snakemake_rejects_bad_config(smoke_yaml, case, tmp_path, snakemake):
+def test_snakemake_rejects_bad_config(tiny_yaml, case, tmp_path, snakemake):
     bad = tmp_path / f"{case}.yaml"
-    bad.write_text(yaml.safe_dump(_bad_config(smoke_yaml, case), allow_unicode=True, sort_keys=False))
+    bad.write_text(yaml.safe_dump(_bad_config(tiny_yaml, case), allow_unicode=True, sort_keys=False))
     run = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(bad), "--replace-workflow-config",
                     "smoke")
     assert run.returncode != 0, run.tail()
@@ -199,7 +199,7 @@ def test_snakemake_rejects_bad_config(smoke_yaml, case, tmp_path, snakemake):
 
 
 def test_cli_macs_unknown_model(dsbench_cli):
-    p = dsbench_cli("macs", "--config", "tests/smoke.yaml", "--model", "nosuch", "--method", "none")
+    p = dsbench_cli("macs", "--config", "tests/tiny.yaml", "--model", "nosuch", "--method", "none")
     assert p.returncode == 2, p.stdout + p.stderr
     assert "dsbench macs: error:" in p.stderr
     assert "unknown model 'nosuch'" in p.stderr
@@ -208,17 +208,17 @@ def test_cli_macs_unknown_model(dsbench_cli):
 
 
 def test_cli_macs_unknown_method(dsbench_cli):
-    p = dsbench_cli("macs", "--config", "tests/smoke.yaml", "--model", "tiny_pixart", "--method", "nosuch")
+    p = dsbench_cli("macs", "--config", "tests/tiny.yaml", "--model", "tiny_pixart", "--method", "nosuch")
     assert p.returncode == 2, p.stdout + p.stderr
     assert "dsbench macs: error:" in p.stderr
     assert "'nosuch'" in p.stderr and "methods.nosuch.method" in p.stderr
     assert "Traceback" not in p.stderr
 
 
-def test_cli_bad_config_file_names_the_key(dsbench_cli, smoke_yaml, tmp_path):
-    smoke_yaml["methods"]["steps_50"]["ratio"] = 1.5
+def test_cli_bad_config_file_names_the_key(dsbench_cli, tiny_yaml, tmp_path):
+    tiny_yaml["methods"]["steps_50"]["ratio"] = 1.5
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(smoke_yaml, allow_unicode=True))
+    bad.write_text(yaml.safe_dump(tiny_yaml, allow_unicode=True))
     p = dsbench_cli("macs", "--config", str(bad), "--model", "tiny_pixart", "--method", "none")
     assert p.returncode == 2, p.stdout + p.stderr
     assert "invalid config at methods.steps_50.ratio" in p.stderr

@@ -6,7 +6,7 @@ import torch
 from dsbench.cell import Cell
 from methods.engine import Engine
 from methods.plan import Plan
-from tests.util import smoke_config, with_dit
+from tests.util import tiny_config, with_dit
 
 PROMPTS = ["A cat on a mat.", "Two red buses.", "A bowl of fruit."]
 
@@ -27,7 +27,7 @@ def plain_pipeline_images(cell, pipe, conds, seeds):
 
 @pytest.fixture(scope="module", params=["tiny_pixart", "tiny_dit"])
 def cell_and_pipe(request):
-    cfg = with_dit(smoke_config())
+    cfg = with_dit(tiny_config())
     cell = Cell(cfg, request.param, "none")
     return cell, cell.build_pipeline()
 
@@ -97,7 +97,7 @@ def test_plan_validation():
 
 
 def test_plan_shorter_than_the_run_is_an_error():
-    cfg = smoke_config()
+    cfg = tiny_config()
     cell = Cell(cfg, "tiny_pixart", "none")
     pipe = cell.build_pipeline()
     plan = Plan.full(2, len(cell.adapter.blocks(pipe)), cell.adapter.sublayers)
@@ -111,7 +111,7 @@ def test_plan_shorter_than_the_run_is_an_error():
 
 
 def test_steps_method_runs_half_the_steps():
-    cfg = smoke_config()
+    cfg = tiny_config()
     full, half = Cell(cfg, "tiny_pixart", "none"), Cell(cfg, "tiny_pixart", "steps_50")
     assert (full.num_steps, half.num_steps) == (8, 4)
     from methods import make_method

@@ -8,11 +8,11 @@ import pytest
 from dsbench import config as config_mod
 from dsbench.cell import Cell
 from dsbench.measure import count_macs
-from tests.util import REPO, smoke_config, with_dit
+from tests.util import REPO, tiny_config, with_dit
 
 
 def test_meta_count_equals_real_count_on_tiny_models():
-    cfg = with_dit(smoke_config())
+    cfg = with_dit(tiny_config())
     for model in ("tiny_pixart", "tiny_dit"):
         for method in ("none", "steps_50"):
             meta = count_macs(Cell(cfg, model, method), "meta")
@@ -23,7 +23,7 @@ def test_meta_count_equals_real_count_on_tiny_models():
 
 
 def test_steps_halves_macs_and_counts_scale_per_image():
-    cfg = smoke_config()
+    cfg = tiny_config()
     none, half = count_macs(Cell(cfg, "tiny_pixart", "none")), count_macs(Cell(cfg, "tiny_pixart", "steps_50"))
     assert half["macs_c1"] == pytest.approx(none["macs_c1"] / 2, rel=1e-12)
     three = count_macs(Cell(cfg, "tiny_pixart", "none"), images=3)

@@ -17,7 +17,7 @@ from methods.engine import Engine, SublayerState
 from methods.plan import Plan
 from methods.rankings import Ranking, choose, spatial_bonus
 from methods.schedules import interval_steps, toca_full_steps
-from tests.util import smoke_config, with_dit
+from tests.util import tiny_config, with_dit
 
 VARIANTS = {
     "fora": {"method": "fora", "interval": 2},
@@ -44,7 +44,7 @@ MODELS = ("tiny_pixart", "tiny_dit")
 
 @pytest.fixture(scope="module")
 def cfg():
-    c = with_dit(smoke_config())
+    c = with_dit(tiny_config())
     c = copy.deepcopy(c)
     c["methods"].update(VARIANTS)
     base = list(c["models"]["tiny_pixart"]["methods"])

@@ -41,7 +41,10 @@ def test_doctor_lists_what_is_missing_and_how_to_get_it(empty_hf_cache):
     assert "MISSING" in text and "hf download facebook/DiT-XL-2-256" in text
     assert "inception-2015-12-05.pt" in text and "COCO_caption_prompts_30k.txt" in text
     assert {r["needed_by"] for r in rows} >= {"pixart_alpha_256", "dit_xl_2_256", "metrics"}
-    assert check(config_mod.load(REPO / "tests" / "smoke.yaml")) == []  # tiny runs need nothing external
+    assert check(config_mod.load(REPO / "tests" / "tiny.yaml")) == []  # tiny runs need nothing external
+    proxy_rows = check(config_mod.load(REPO / "tests" / "smoke.yaml"))  # the proxies: only committed weights
+    assert {r["needed_by"] for r in proxy_rows} == {"proxy_dit", "proxy_pixart"}
+    assert all(r["present"] for r in proxy_rows), report(proxy_rows)
 
 
 def test_structure_of_the_adapters():

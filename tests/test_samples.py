@@ -12,7 +12,7 @@ import pytest
 from dsbench.cell import Cell
 from dsbench.generate import generate
 from dsbench.samples import CorruptShardError, read_shard, sample_seed, shard_path, shard_ranges, write_shard
-from tests.util import REPO, smoke_config
+from tests.util import REPO, tiny_config
 
 
 def images_by_index(folder, n, shard_size):
@@ -33,7 +33,7 @@ def test_seeds_are_per_sample_and_distinct():
 def test_shard_and_batch_size_do_not_change_images(tmp_path):
     runs = {}
     for shard_size, batch in [(2, 1), (4, 3), (6, 2)]:
-        cfg = smoke_config(shard_size=shard_size, batch_size=batch, model={"num_samples": 6})
+        cfg = tiny_config(shard_size=shard_size, batch_size=batch, model={"num_samples": 6})
         folder = tmp_path / f"s{shard_size}b{batch}"
         generate(Cell(cfg, "tiny_pixart", "none"), folder, progress=False)
         runs[(shard_size, batch)] = images_by_index(folder, 6, shard_size)
@@ -63,7 +63,7 @@ def test_shard_roundtrip_and_corruption_is_detected(tmp_path):
 
 
 def test_generation_never_overwrites_a_corrupt_shard(tmp_path):
-    cfg = smoke_config(model={"num_samples": 4}, shard_size=2)
+    cfg = tiny_config(model={"num_samples": 4}, shard_size=2)
     folder = tmp_path / "cell"
     folder.mkdir()
     bad = shard_path(folder, 0)
@@ -90,7 +90,7 @@ def _fid(folder, n, shard_size):
 
 def test_sigkill_half_way_then_rerun_completes_once(tmp_path):
     n, shard_size = 10, 2
-    cfg = smoke_config(model={"num_samples": n, "steps": 30}, shard_size=shard_size, batch_size=2)
+    cfg = tiny_config(model={"num_samples": n, "steps": 30}, shard_size=shard_size, batch_size=2)
     cfg_json = json.dumps(cfg)
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dsbench", "generate", "--config", cfg_json, "--model", "tiny_pixart",

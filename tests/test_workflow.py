@@ -1,8 +1,10 @@
-"""End to end: the paper DAG plans without weights, and the tiny smoke matrix runs through every rule
-(generate -> reference -> macs / latency / evaluate -> aggregate -> render) in a scratch directory.
+"""End to end: the paper DAG plans without weights, and the smoke matrix runs through every rule
+(generate -> reference -> macs / latency / evaluate -> aggregate -> render, sample grids) on the two
+CPU proxies, in a scratch directory.
 
-The smoke run happens once per session (module-scoped fixture, ~75 s on 2 cores); the tests below
-read its outputs."""
+The smoke run happens once per session (module-scoped fixture, about 5 minutes on 2 cores); the tests
+below read its outputs, including the issue-4 claims: on the trained proxies, quality falls
+monotonically as step reduction gets more aggressive, and the full model is far better than noise."""
 from __future__ import annotations
 
 import csv
@@ -20,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_YAML = ROOT / "config.yaml"
 SMOKE_YAML = ROOT / "tests" / "smoke.yaml"
 SMOKE_ARGS = ("--configfile", str(SMOKE_YAML), "--replace-workflow-config", "smoke")
-METRICS = ["macs_c1_T", "macs_total_T", "speedup", "fid", "clip", "psnr", "lpips"]
+METRICS = ["macs_c1_G", "speedup", "fid", "align", "psnr", "lpips"]
 PROVENANCE = ["git_commit", "config_hash", "device", "model_source"]
 _SMOKE = yaml.safe_load(SMOKE_YAML.read_text(encoding="utf-8"))
-SMOKE_ROWS = [r["method"] for r in _SMOKE["tables"]["table1"]["rows"]]
-SMOKE_METHODS = _SMOKE["models"]["tiny_pixart"]["methods"]
+TABLES = {name: t["model"] for name, t in _SMOKE["tables"].items()}     # table1: proxy_pixart, table2: proxy_dit
+STEP_ROWS = ["none", "steps_75", "steps_50", "steps_25"]                 # 100 % > 75 % > 50 % > 25 % steps
 
 
 def _job_stats(output: str) -> dict[str, int]:
@@ -84,10 +86,10 @@ def test_table1_dry_run_plans_every_step(tmp_path, snakemake):
 def smoke_run(tmp_path_factory, snakemake):
     work = tmp_path_factory.mktemp("smoke")
     try:
-        run = snakemake(work, "--cores", "2", "--show-failed-logs", *SMOKE_ARGS, timeout=480)
+        run = snakemake(work, "--cores", "2", "--show-failed-logs", *SMOKE_ARGS, timeout=1200)
     except subprocess.TimeoutExpired as e:
         out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
-        pytest.fail("smoke DAG timed out after 480 s:\n" + "\n".join(out.splitlines()[-80:]))
+        pytest.fail("smoke DAG timed out after 1200 s:\n" + "\n".join(out.splitlines()[-80:]))
     (work / "snakemake.out").write_text(run.output)
     if run.returncode != 0:
         pytest.fail(f"smoke DAG failed (exit {run.returncode}) in {work}:\n{run.tail(120)}")
@@ -95,59 +97,87 @@ def smoke_run(tmp_path_factory, snakemake):
 
 
 def test_smoke_tables_written(smoke_run):
-    prefix = smoke_run / "results" / "tables" / "table1"
-    for ext in ("md", "csv", "tex"):
-        assert Path(f"{prefix}.{ext}").is_file(), f"missing {prefix}.{ext}"
-    md = Path(f"{prefix}.md").read_text(encoding="utf-8")
-    assert "PixArt-α (tiny)" in md and "50% steps" in md
-    assert "2.860 T" in md and "1.430 T" in md                      # the paper's MACs beside ours
-    tex = Path(f"{prefix}.tex").read_text(encoding="utf-8")
-    assert r"\begin{tabular}" in tex and r"\bottomrule" in tex
-    assert r"PixArt-$\alpha$ (tiny)" in tex and r"50\% steps" in tex
+    assert set(TABLES.values()) == {"proxy_pixart", "proxy_dit"}
+    for table in TABLES:
+        prefix = smoke_run / "results" / "tables" / table
+        for ext in ("md", "csv", "tex"):
+            assert Path(f"{prefix}.{ext}").is_file(), f"missing {prefix}.{ext}"
+        md = Path(f"{prefix}.md").read_text(encoding="utf-8")
+        assert "20 steps (full)" in md and "25% steps" in md and "TaylorSeer" in md and "Align." in md
+        tex = Path(f"{prefix}.tex").read_text(encoding="utf-8")
+        assert r"\begin{tabular}" in tex and r"\bottomrule" in tex and r"50\% steps" in tex
 
 
-def test_smoke_table1_values(smoke_run):
-    path = smoke_run / "results" / "tables" / "table1.csv"
-    rows = _rows(path)
-    assert list(rows) == SMOKE_ROWS                                  # the configured rows, in order
+@pytest.mark.parametrize("table", list(TABLES))
+def test_smoke_table_values(smoke_run, table):
+    rows = _rows(smoke_run / "results" / "tables" / f"{table}.csv")
+    assert list(rows) == [r["method"] for r in _SMOKE["tables"][table]["rows"]]   # configured rows, in order
     for method, row in rows.items():
         assert row["in_ours"] == "True"
         for metric in METRICS:
             value = float(row[f"{metric}_ours"])
             assert math.isfinite(value), f"{method} {metric}_ours = {row[f'{metric}_ours']!r}"
-
     none, half = rows["none"], rows["steps_50"]
-    # paper transcription (results/paper/table1.csv)
-    assert float(none["macs_c1_T_paper"]) == 2.86
-    assert float(half["macs_c1_T_paper"]) == 1.43
-    # 8 vs 4 sampling steps: exactly half the per-image MACs
-    assert float(half["macs_c1_T_ours"]) * 2 == float(none["macs_c1_T_ours"])
-    assert 0 < float(half["macs_total_T_ours"]) < float(none["macs_total_T_ours"])
-    # none is the baseline, and is compared with itself
+    assert float(half["macs_c1_G_ours"]) * 2 == pytest.approx(float(none["macs_c1_G_ours"]), rel=1e-12)
     assert float(none["speedup_ours"]) == 1.0
     assert float(none["psnr_ours"]) == 100.0                         # the PSNR cap for identical images
     assert float(none["lpips_ours"]) == pytest.approx(0.0, abs=1e-9)
-    # steps_50 differs from none
-    assert float(half["psnr_ours"]) < 100.0
-    assert float(half["lpips_ours"]) > 0.0
-    assert 0.0 < float(half["clip_ours"]) <= 1.0 and float(half["fid_ours"]) >= 0.0
-    # every accelerated method: fewer MACs than none, measured speedup present, not identical to none
-    for method in SMOKE_ROWS[1:]:
+    assert float(half["fid_paper"]) > 0                              # the paper's numbers beside ours
+    for method in list(rows)[1:]:                                    # every accelerated method
         r = rows[method]
-        assert 0 < float(r["macs_c1_T_ours"]) < float(none["macs_c1_T_ours"]), method
+        assert 0 < float(r["macs_c1_G_ours"]) < float(none["macs_c1_G_ours"]), method
         assert float(r["speedup_ours"]) > 0 and float(r["psnr_ours"]) < 100.0, method
 
 
+@pytest.mark.parametrize("model", ["proxy_pixart", "proxy_dit"])
+def test_step_reduction_degrades_quality_monotonically_on_the_proxies(smoke_run, model):
+    rows = _rows(smoke_run / "results" / f"{model}.csv")
+    steps = [int(rows[m]["num_steps"]) for m in STEP_ROWS]
+    assert steps == [20, 15, 10, 5]
+    fid = [float(rows[m]["fid"]) for m in STEP_ROWS]
+    psnr = [float(rows[m]["psnr"]) for m in STEP_ROWS]
+    assert fid == sorted(fid) and len(set(fid)) == 4, f"{model}: FID at 100/75/50/25 % steps = {fid}"
+    assert psnr == sorted(psnr, reverse=True) and len(set(psnr)) == 4, f"{model}: PSNR = {psnr}"
+
+
+@pytest.mark.parametrize("model", ["proxy_pixart", "proxy_dit"])
+def test_full_proxy_is_far_from_noise_and_on_condition(smoke_run, model):
+    import numpy as np
+
+    from metrics.fid import FeatureStats, frechet_distance, image_features
+    from metrics.networks import load_fid_network
+
+    rows = _rows(smoke_run / "results" / f"{model}.csv")
+    ref = FeatureStats.load(smoke_run / "results" / "reference" / f"{model}.npz")
+    net = load_fid_network("shapes", None, "cpu")
+    noise = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
+    stats = FeatureStats()
+    for f in image_features([noise], net, "cpu", resolution=32):
+        stats.update(f)
+    fid_noise, fid_full = frechet_distance(stats, ref), float(rows["none"]["fid"])
+    assert fid_full * 10 < fid_noise, (fid_full, fid_noise)
+    assert float(rows["none"]["align"]) >= 0.8                       # the classifier finds what was asked
+
+
+def test_smoke_sample_grids(smoke_run):
+    from PIL import Image
+
+    for model in TABLES.values():
+        grid = Image.open(smoke_run / "results" / "grids" / f"{model}.png")
+        rows = 1 + len(_SMOKE["models"][model]["methods"])            # real data + one row per method
+        assert grid.size[1] == rows * (32 * 4 + 2)
+
+
 def test_smoke_cell_csv_provenance(smoke_run):
-    rows = _rows(smoke_run / "results" / "tiny_pixart.csv")
-    assert list(rows) == SMOKE_METHODS
-    assert rows["none"]["num_steps"] == "8" and rows["steps_50"]["num_steps"] == "4"
+    rows = _rows(smoke_run / "results" / "proxy_dit.csv")
+    assert list(rows) == _SMOKE["models"]["proxy_dit"]["methods"]
+    assert rows["none"]["num_steps"] == "20" and rows["steps_50"]["num_steps"] == "10"
     for method, row in rows.items():
         for col in PROVENANCE:
             assert row.get(col), f"{method}: provenance column {col!r} missing or empty"
-        assert row["model"] == "tiny_pixart"
+        assert row["model"] == "proxy_dit"
         assert row["device"].startswith("cpu")
-        assert "tiny" in row["model_source"]
+        assert row["model_source"].startswith("proxy proxy_dit transformer/")   # the weights' hash prefix
         assert re.fullmatch(r"[0-9a-f]{12}", row["config_hash"]), row["config_hash"]
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
@@ -156,7 +186,7 @@ def test_smoke_cell_csv_provenance(smoke_run):
     # the hash covers the method's settings: the two cells differ
     assert rows["none"]["config_hash"] != rows["steps_50"]["config_hash"]
     # the table CSV carries the same provenance through
-    table = _rows(smoke_run / "results" / "tables" / "table1.csv")
+    table = _rows(smoke_run / "results" / "tables" / "table2.csv")
     for method in rows:
         assert {c: table[method][c] for c in PROVENANCE} == {c: rows[method][c] for c in PROVENANCE}
 

@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests (tiny configs built from tests/smoke.yaml)."""
+"""Small helpers shared by the tests (tiny configs built from tests/tiny.yaml)."""
 from __future__ import annotations
 
 import copy
@@ -11,8 +11,8 @@ from dsbench import config as config_mod
 REPO = Path(__file__).resolve().parent.parent
 
 
-def smoke_config(**overrides) -> dict:
-    cfg = yaml.safe_load((REPO / "tests" / "smoke.yaml").read_text())
+def tiny_config(**overrides) -> dict:
+    cfg = yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text())
     cfg = copy.deepcopy(cfg)
     model_over = overrides.pop("model", {})
     cfg.update(overrides)

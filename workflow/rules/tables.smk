@@ -1,4 +1,4 @@
-localrules: render_table, table1, smoke, all
+localrules: render_table, sample_grid, table1, smoke, all
 
 
 rule render_table:
@@ -19,9 +19,20 @@ rule table1:
     input: table_output("table1")
 
 
+rule sample_grid:
+    # The first samples of every method of a model, one row each (the proxies add a row of real data).
+    input: lambda wc: [s for m in model_methods(wc.model) for s in shards(wc.model, m)]
+    output: "results/grids/{model}.png"
+    params: config=cell_config
+    log: "logs/grid/{model}.log"
+    shell: "dsbench grid --config {params.config:q} --model {wildcards.model} --real -n 12 --out {output} > {log} 2>&1"
+
+
 rule smoke:
-    # Every table of the (tiny) configured matrix.
-    input: [table_output(t) for t in config["tables"]]
+    # Every table of the configured (tiny or proxy) matrix, and a sample grid per model.
+    input:
+        [table_output(t) for t in config["tables"]],
+        expand("results/grids/{model}.png", model=MODELS),
 
 
 rule all:

@@ -1,0 +1,1 @@
+"""DiffSparse: learned layer-wise token sparsity (cost predictor, DP allocation, STE training)."""
