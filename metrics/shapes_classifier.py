@@ -1,6 +1,6 @@
 """The proxy benchmark's feature network: a small CNN trained on the procedural shapes (dsbench/shapes.py).
 
-It plays Inception's role for proxy FID (its 64-d penultimate features) and CLIP's for proxy alignment:
+It plays Inception's role for proxy FID (its 16-d penultimate features) and CLIP's for proxy alignment:
 the fraction of generated images whose predicted attributes are the ones the condition asked for
 (colour and shape of a DiT class; colour, shape and position of a PixArt caption).
 """
@@ -15,11 +15,11 @@ from torch import nn
 from dsbench.shapes import COLORS, POSITIONS, SHAPES, from_label, parse_caption
 
 HEADS = {"color": list(COLORS), "shape": list(SHAPES), "position": list(POSITIONS)}
-FEATURES = 64
+FEATURES = 16  # N = 4·D at the smoke run's 64 samples: FID needs well more samples than dimensions
 
 
 class ShapesClassifier(nn.Module):
-    """float NCHW [0, 255] at 32 px -> (N, 64) features; `classify` adds one logit head per attribute."""
+    """float NCHW [0, 255] at 32 px -> (N, FEATURES) features; `classify` adds one logit head per attribute."""
 
     input_size = 32
 
@@ -30,7 +30,9 @@ class ShapesClassifier(nn.Module):
             nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),   # 16
             nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.ReLU(),   # 8
             nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.ReLU(),   # 4: keeps where the shape is
-            nn.Flatten(), nn.Linear(64 * 16, FEATURES), nn.ReLU(),
+            # Linear features, no ReLU: a ReLU here leaves dead units, whose zero variance makes FID's
+            # covariance singular.
+            nn.Flatten(), nn.Linear(64 * 16, FEATURES),
         )
         self.heads = nn.ModuleDict({k: nn.Linear(FEATURES, len(v)) for k, v in HEADS.items()})
 
