@@ -144,11 +144,11 @@ def cmd_grid(args):
     if unknown:
         raise ValueError(f"method variant(s) {unknown} are not run on {args.model} (its methods: {m['methods']})")
     rows = method_rows(args.root, args.model, methods, m["num_samples"], cfg["shard_size"], args.n)
-    if args.real and m["dataset"].startswith("shapes"):  # the training data beside the samples
-        from dsbench.conditions import SHAPES_REFERENCE_SEED
+    if args.real and m["dataset"].startswith("shapes"):  # the proxies: real renders of the same conditions
+        from dsbench.conditions import SHAPES_CONDITION_SEED
         from dsbench.shapes import make_shapes
 
-        rows = {"real data": make_shapes(args.n, seed=SHAPES_REFERENCE_SEED, size=rows[methods[0]].shape[1])[0],
+        rows = {"asked for": make_shapes(args.n, seed=SHAPES_CONDITION_SEED, size=rows[methods[0]].shape[1])[0],
                 **rows}
     print(sample_grid(rows, args.out))
 
@@ -217,7 +217,8 @@ def parser() -> argparse.ArgumentParser:
     s = verb("grid", cmd_grid, "a PNG of a model's first samples, one row per method (after generate)")
     s.add_argument("--methods", help="comma-separated variants (default: the model's methods)")
     s.add_argument("-n", type=int, default=12, help="samples per row")
-    s.add_argument("--real", action="store_true", help="add a row of real data (the proxies' shapes)")
+    s.add_argument("--real", action="store_true",
+                   help="the proxies: first a row of real renders of the samples' conditions")
     s.add_argument("--root", default="results")
     s.add_argument("--out", required=True)
     s = verb("doctor", cmd_doctor, "list the weights, datasets and statistics present and missing", model=False)

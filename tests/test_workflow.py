@@ -172,7 +172,7 @@ def test_smoke_sample_grids(smoke_run):
 
     for model in TABLES.values():
         grid = Image.open(smoke_run / "results" / "grids" / f"{model}.png")
-        rows = 1 + len(_SMOKE["models"][model]["methods"])            # real data + one row per method
+        rows = 1 + len(_SMOKE["models"][model]["methods"])            # what was asked + one row per method
         assert grid.size[1] == rows * (32 * 4 + 2)
 
 
