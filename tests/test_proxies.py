@@ -55,7 +55,9 @@ def test_committed_proxies_sample_images_with_the_real_pipelines():
             a = adapter.sample(pipe, conds, [1, 2], num_steps=4, guidance_scale=1.5)
             b = adapter.sample(pipe, conds[:1], [1], num_steps=4, guidance_scale=1.5)
         assert a.shape == (2, 32, 32, 3) and a.dtype == torch.uint8
-        assert torch.equal(a[:1], b)               # a sample does not depend on its batch
+        # A sample does not depend on its batch, up to one grey level: small-batch CPU GEMMs are not
+        # bit-identical across batch sizes (README, Conventions).
+        assert (a[:1].int() - b.int()).abs().max() <= 1
         assert not torch.equal(a[0], a[1])
 
 
