@@ -68,11 +68,10 @@ def load_fid_network(name: str, weights_dir: str | Path | None, device: str | to
         net.input_size, net.network_id = 299, "inception-2015-12-05"
     elif name == "shapes":  # the proxy benchmark's classifier (metrics/shapes_classifier.py), hash-checked
         from metrics.shapes_classifier import load_shapes_classifier
-        from models.proxy import proxy_dir, verified
+        from models.proxy import proxy_dir
 
-        folder = proxy_dir("shapes_classifier")
-        net = load_shapes_classifier(folder, device)
-        net.network_id = f"shapes-classifier-{verified(folder)['sha256']['model.safetensors'][:12]}"
+        net = load_shapes_classifier(proxy_dir("shapes_classifier"), device)
+        net.network_id = f"shapes-classifier-{net.weights_id}"
     elif name == "tiny":
         with seeded(TINY_SEED):
             net = TinyFeatureNet()
@@ -148,11 +147,11 @@ def load_lpips(name: str, device: str | torch.device) -> nn.Module:
             net = lpips.LPIPS(net="alex", verbose=False)
     elif name == "shapes":  # the proxies: an LPIPS-style distance over the shapes classifier's layers
         from metrics.shapes_classifier import ShapesPerceptualDistance, load_shapes_classifier
-        from models.proxy import proxy_dir, verified
+        from models.proxy import proxy_dir
 
-        folder = proxy_dir("shapes_classifier")
-        net = ShapesPerceptualDistance(load_shapes_classifier(folder, device))
-        net.network_id = f"lpips-style-shapes-classifier-{verified(folder)['sha256']['model.safetensors'][:12]}"
+        classifier = load_shapes_classifier(proxy_dir("shapes_classifier"), device)
+        net = ShapesPerceptualDistance(classifier)
+        net.network_id = f"lpips-style-shapes-classifier-{classifier.weights_id}"
         return net.eval()
     elif name == "tiny":
         # Linear heads ship inside the lpips wheel; random (seeded) backbone => no download.
