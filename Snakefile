@@ -3,6 +3,7 @@
 #   snakemake results/pixart_512.csv        (one model cell: every method x metric)
 #   snakemake --configfile tests/smoke.yaml --replace-workflow-config --cores 2 smoke
 #   snakemake --cores 2 train_proxies       (retrain the CPU proxies; only when asked)
+#   snakemake --cores 2 results/schedules/proxy_pixart/diffsparse_r43.safetensors   (train one DiffSparse schedule)
 from snakemake.utils import min_version
 
 min_version("9.19")
@@ -10,6 +11,7 @@ min_version("9.19")
 configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/schedules.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/tables.smk"

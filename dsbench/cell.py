@@ -49,7 +49,13 @@ class Cell:
     def accelerator(self):
         from methods import make_method
 
+        from methods.registry import METHODS
+
         settings = {k: v for k, v in self.method_cfg.items() if k != "method"}
+        if getattr(METHODS.get(self.method_cfg["method"]), "trained", False) and not settings.get("schedule"):
+            from methods.diffsparse.method import schedule_path
+
+            settings["schedule"] = str(schedule_path(self.model, self.method))  # made by rule train_schedule
         return make_method(self.method_cfg["method"], **settings)
 
     @property

@@ -134,6 +134,21 @@ def cmd_train_proxy(args):
     print(json.dumps(info, indent=2))
 
 
+def cmd_train_schedule(args):
+    from dsbench.schedules import train_cell
+
+    sched = train_cell(_cell(args), args.out, force=args.force)
+    last = [e for e in sched.meta["loss_curve"] if "loss" in e]
+    print(f"{args.out}: mean sparsity {sched.mean_sparsity():.4f} over {sched.meta['items']} items, "
+          f"{len(last)} iterations in {sched.meta['train_seconds']} s, last loss {last[-1]['loss']:.4f}")
+
+
+def cmd_heatmap(args):
+    from dsbench.schedules import render_heatmap
+
+    print(render_heatmap(_cell(args), args.out))
+
+
 def cmd_grid(args):
     from dsbench.grid import method_rows, sample_grid
 
@@ -214,6 +229,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="retrain over existing weights")
+    s = verb("train-schedule", cmd_train_schedule, "train a DiffSparse schedule (two-stage, LPIPS distillation); "
+             "resumes from <out>.ckpt", method=True)
+    s.add_argument("--out", required=True, help="the schedule's .safetensors (its .json provenance goes beside it)")
+    s.add_argument("--force", action="store_true", help="train over an existing schedule")
+    s = verb("heatmap", cmd_heatmap, "Figure 3: a schedule's per-sub-layer heatmap (steps × blocks)", method=True)
+    s.add_argument("--out", required=True)
     s = verb("grid", cmd_grid, "a PNG of a model's first samples, one row per method (after generate)")
     s.add_argument("--methods", help="comma-separated variants (default: the model's methods)")
     s.add_argument("-n", type=int, default=12, help="samples per row")

@@ -31,7 +31,7 @@ def dataset_path(dataset: str, resources: str | Path) -> Path | None:
 
 # Seeds of the shapes streams: training uses its own seed (0 by default), evaluation conditions and the
 # real reference images draw from these, so neither repeats a training image.
-SHAPES_CONDITION_SEED, SHAPES_REFERENCE_SEED = 1000, 2000
+SHAPES_CONDITION_SEED, SHAPES_REFERENCE_SEED, SHAPES_TRAINING_SEED = 1000, 2000, 3000
 
 
 def load_conditions(dataset: str, num_samples: int, resources: str | Path) -> list:
@@ -52,3 +52,15 @@ def load_conditions(dataset: str, num_samples: int, resources: str | Path) -> li
     if dataset == "coco30k" and len(lines) < num_samples:
         raise MissingDataError(f"{path} has {len(lines)} captions; {num_samples} samples need as many")
     return [lines[i % len(lines)] for i in range(num_samples)]  # tiny prompts cycle
+
+
+def load_training_conditions(dataset: str, num: int, resources: str | Path) -> list:
+    """Conditions DiffSparse trains on (no images: the teacher makes the targets). The shapes draw from
+    their own stream, disjoint from the evaluation conditions; ImageNet classes cycle from class 0; a
+    caption file is used as it is (the paper trains on captions of the same kind as it evaluates on)."""
+    if dataset in ("shapes_classes", "shapes_captions"):
+        from dsbench.shapes import attributes
+
+        samples = [attributes(SHAPES_TRAINING_SEED, i) for i in range(num)]
+        return [s.label for s in samples] if dataset == "shapes_classes" else [s.caption for s in samples]
+    return load_conditions(dataset, num, resources)

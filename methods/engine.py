@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 from diffusers.hooks import HookRegistry, ModelHook
 
 from methods.plan import COMPUTE, SKIP_OUTPUT, SKIP_RESIDUAL, Plan
@@ -111,6 +112,7 @@ class Engine:
         self.states: dict[tuple[int, str], SublayerState] = {}
         self.block_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # block -> (input, output)
         self.attached = False
+        self.gates: torch.Tensor | None = None   # training only, see relax()
         self._block_hooked = torch.full((len(self._blocks),), controller is not None or plan_for is not None)
         if plan is not None:
             self._set_plan(plan)
@@ -133,8 +135,31 @@ class Engine:
         self._sub_index = {s: i for i, s in enumerate(plan.sublayers)}
         self._ratios_now: list = []
         self._skip_now: list | None = None
+        if self.gates is not None:
+            self._keeps_list = [[True] * len(plan.sublayers) for _ in range(plan.blocks)]
         if not self.attached:
             self._block_hooked |= self._skips
+
+    def relax(self, gates: torch.Tensor | None, keep: list[float] | None = None, checkpoint: bool = True) -> None:
+        """Training mode (DiffSparse's straight-through estimator), or back to inference with None.
+
+        `gates` (steps−1, blocks, sub-layers, S): per item, weights over the S candidates, one-hot in the
+        forward pass (the hard choice) and carrying the soft assignment's gradient; candidate u recomputes
+        the fraction keep[u] of the tokens. From step 1 every sub-layer then computes all its tokens f(x)
+        and returns γ·f(x) + (1 − γ)·cache with γ_j = Σ_u gates[u]·1[token j is in candidate u's top-k]:
+        the forward value equals inference under the hard plan, and ∂loss/∂γ exists for every token.
+        `checkpoint` recomputes each sub-layer in the backward pass instead of storing its internals.
+        """
+        if gates is not None:
+            if keep is None or gates.shape[:3] != (self.plan.steps - 1, self.plan.blocks, len(self.plan.sublayers)) \
+                    or gates.shape[3] != len(keep):
+                raise ValueError(f"gates must be (steps-1, blocks, sub-layers, len(keep)) = "
+                                 f"({self.plan.steps - 1}, {self.plan.blocks}, {len(self.plan.sublayers)}, "
+                                 f"{len(keep) if keep else '?'}); got {tuple(gates.shape)}")
+            if self.ranking is None:
+                raise ValueError("training gates need a ranking to order the tokens")
+        self.gates, self._keep, self._checkpoint = gates, keep, checkpoint
+        self._set_plan(self.plan)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def _registries(self):
@@ -217,6 +242,8 @@ class Engine:
     def _run_sublayer(self, hook: _SublayerHook, module, forward, args, kwargs):
         block, sub, kind = hook.block, hook.sublayer, hook.kind
         i = self._sub_index[sub]
+        if self.gates is not None and self.step > 0:
+            return self._run_gated(block, sub, kind, i, module, forward, args, kwargs)
         ratio, keeps = self._ratios_now[block][i], self._keeps_list[block][i]
         x, call = _split_tokens(args, kwargs)
         state = self.states.setdefault((block, sub), SublayerState()) if keeps else None
@@ -239,6 +266,38 @@ class Engine:
         if state.last_input is not None:
             state.last_input = _scatter(state.last_input, idx, _gather(x, idx))
         return state.output
+
+    def _run_gated(self, block, sub, kind, i, module, forward, args, kwargs):
+        """Training path of relax(): every token computed, mixed with the cache by the gate γ."""
+        gate = self.gates[self.step - 1, block, i]                       # (S,)
+        x, call = _split_tokens(args, kwargs)
+        state = self.states[(block, sub)]
+        N = x.shape[1]
+        counts = [N if f >= 1 else int(f * N) for f in self._keep]
+        k = counts[int(gate.detach().argmax())]                          # the hard choice's token count
+        scores = self.ranking.scores(block=block, sublayer=sub, step=self.step, tokens=x,
+                                     last_input=state.last_input, staleness=state.staleness, grid=self.grid)
+        masks = []
+        for c in counts:
+            m = torch.zeros(scores.shape, dtype=x.dtype, device=x.device)
+            masks.append(m.fill_(1.0) if c >= N else m.scatter_(1, choose(scores, c, self.cfg_halves), 1.0) if c else m)
+        idx = choose(scores, k, self.cfg_halves) if 0 < k < N else None
+        run = (lambda: torch.utils.checkpoint.checkpoint(lambda x: call(forward, x), x, use_reentrant=False)) \
+            if self._checkpoint and torch.is_grad_enabled() else (lambda: call(forward, x))
+        # As inference: the ranking observes the tokens the hard choice computes (none when k = 0).
+        fresh = run() if k == 0 else self._observed(module, kind, block, idx, kwargs, run)
+        gamma = torch.einsum("s,sbn->bn", gate.to(x.dtype), torch.stack(masks)).unsqueeze(-1)
+        out = gamma * fresh + (1 - gamma) * state.output
+        if k == N:
+            state.staleness = torch.zeros_like(state.staleness)
+            if state.last_input is not None:
+                state.last_input = x
+        elif k:
+            state.staleness = (state.staleness + 1).scatter(1, idx, 0)
+            if state.last_input is not None:
+                state.last_input = _scatter(state.last_input, idx, _gather(x, idx))
+        state.output = out
+        return out
 
     def _store_full(self, state: SublayerState, x, out) -> None:
         state.output = out
@@ -279,6 +338,8 @@ class Engine:
             for h in handles:
                 h.remove()
         mask = kwargs.get("attention_mask") if kind == "cross_attn" else None
-        self.ranking.observe(block, kind, seen.get("to_q"), seen.get("to_k"), seen.get("to_v"), mask,
-                             module.heads, idx)
+        q = seen.get("to_q")
+        if idx is not None and q is not None and q.shape[1] != idx.shape[1]:
+            q = _gather(q, idx)  # training computes every token; the ranking sees only the chosen ones
+        self.ranking.observe(block, kind, q, seen.get("to_k"), seen.get("to_v"), mask, module.heads, idx)
         return out

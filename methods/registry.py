@@ -4,6 +4,7 @@ from __future__ import annotations
 from methods.base import Method
 from methods.deepcache import DeepCache
 from methods.dicache import DiCache
+from methods.diffsparse.method import DiffSparse
 from methods.duca import DuCa
 from methods.fora import FORA
 from methods.none import NoAcceleration
@@ -12,7 +13,8 @@ from methods.taylorseer import TaylorSeer
 from methods.toca import ToCa
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (NoAcceleration, StepReduction, FORA, DeepCache, TaylorSeer, ToCa, DuCa, DiCache)
+    cls.name: cls for cls in (NoAcceleration, StepReduction, FORA, DeepCache, TaylorSeer, ToCa, DuCa, DiCache,
+                                   DiffSparse)
 }
 
 

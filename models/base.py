@@ -172,7 +172,19 @@ class ModelAdapter:
         # The same rounding as diffusers' numpy_to_pil.
         return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
-    def _call(self, pipe, conditions, generators, num_steps, guidance_scale) -> torch.Tensor:
+    def sample_float(self, pipe, conditions: Sequence[Any], seeds: Sequence[int], *, num_steps: int,
+                     guidance_scale: float, grad: bool = False) -> torch.Tensor:
+        """Float images in [0, 1], NCHW, on the pipeline's device; `grad` keeps the autograd graph of the
+        whole sampling run (DiffSparse's training differentiates through it)."""
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        return self._call(pipe, list(conditions), generators, num_steps, guidance_scale, grad)
+
+    @staticmethod
+    def _runner(pipe, grad: bool):
+        """The pipeline's __call__; with `grad`, the same code without the no_grad() diffusers wraps it in."""
+        return type(pipe).__call__.__wrapped__.__get__(pipe) if grad else pipe
+
+    def _call(self, pipe, conditions, generators, num_steps, guidance_scale, grad=False) -> torch.Tensor:
         """Run the diffusers pipeline; float images in [0, 1], NCHW."""
         raise NotImplementedError
 

@@ -22,10 +22,10 @@ class Adapter(ModelAdapter):
 
         return DiTPipeline.from_pretrained(self._resolve(repo), torch_dtype=dtype)
 
-    def _call(self, pipe, labels, generators, num_steps, guidance_scale):
+    def _call(self, pipe, labels, generators, num_steps, guidance_scale, grad=False):
         labels = [int(c) for c in labels]
         if not all(0 <= c < 1000 for c in labels):
             raise ValueError("DiT class labels must be ImageNet ids in [0, 1000)")
         # output_type="pt" keeps the images on the device (the pipeline's numpy path would fail on meta).
-        return pipe(class_labels=labels, guidance_scale=guidance_scale, generator=generators,
+        return self._runner(pipe, grad)(class_labels=labels, guidance_scale=guidance_scale, generator=generators,
                     num_inference_steps=num_steps, output_type="pt").images

@@ -49,7 +49,7 @@ class Adapter(ModelAdapter):
         except OSError as e:  # a snapshot without some component
             raise MissingWeightsError(f"incomplete PixArt snapshot {repo!r}: {e}") from e
 
-    def _call(self, pipe, prompts, generators, num_steps, guidance_scale):
+    def _call(self, pipe, prompts, generators, num_steps, guidance_scale, grad=False):
         n, res = len(prompts), self.preset.resolution
         kwargs = dict(prompt=prompts, negative_prompt="")
         if pipe.text_encoder is None:  # meta device: no tokenizer; feed embeddings of the real shape
@@ -57,7 +57,7 @@ class Adapter(ModelAdapter):
             emb, mask = torch.zeros(n, L, D, device=dev), torch.ones(n, L, device=dev)
             kwargs = dict(prompt_embeds=emb, prompt_attention_mask=mask, negative_prompt=None,
                           negative_prompt_embeds=emb, negative_prompt_attention_mask=mask)
-        return pipe(
+        return self._runner(pipe, grad)(
             **kwargs, num_inference_steps=num_steps, guidance_scale=guidance_scale, generator=generators,
             height=res, width=res, use_resolution_binning=False, clean_caption=False,
             max_sequence_length=self.preset.text_tokens, output_type="pt",

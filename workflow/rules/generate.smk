@@ -1,4 +1,5 @@
 rule generate_shard:
+    input: lambda wc: schedule_inputs(wc.model, [wc.method])
     output: "results/samples/{model}/{method}/shard_{shard}.npz"
     params: config=cell_config
     resources: gpu=1

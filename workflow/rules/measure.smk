@@ -1,6 +1,7 @@
 rule macs:
     # Counted while a whole sampling run executes: on the meta device (full size, no weights) for static
     # plans; methods that decide at run time (DiCache) count real runs and report the mean over samples.
+    input: lambda wc: schedule_inputs(wc.model, [wc.method])
     output: "results/macs/{model}/{method}.json"
     params: config=cell_config
     log: "logs/macs/{model}/{method}.log"
@@ -9,6 +10,7 @@ rule macs:
 
 rule latency:
     # Every method of a model in one process, interleaved: speedups compare like with like.
+    input: lambda wc: schedule_inputs(wc.model, model_methods(wc.model))
     output: "results/latency/{model}.json"
     params: config=cell_config
     resources: gpu=1

@@ -29,10 +29,12 @@ rule sample_grid:
 
 
 rule smoke:
-    # Every table of the configured (tiny or proxy) matrix, and a sample grid per model.
+    # Every table of the configured (tiny or proxy) matrix, a sample grid per model, and the Figure-3
+    # heatmap of every trained schedule.
     input:
         [table_output(t) for t in config["tables"]],
         expand("results/grids/{model}.png", model=MODELS),
+        [f"results/figures/{m}/{v}_schedule.png" for m in MODELS for v in trained_variants(m)],
 
 
 rule all:

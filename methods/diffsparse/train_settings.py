@@ -1,0 +1,93 @@
+"""DiffSparse's training settings; the defaults are the paper's (§4.1, A.4.1, Algorithm 1)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+LOSSES = ("lpips", "l2", "ssim")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """samples: training conditions per epoch (captions or class labels, no images; paper 10,000);
+    two_stage: Algorithm 1 (False: the single-stage ablation, C_l only, no forced full steps);
+    full_steps: |T_f|, steps stage 1 computes in full (None: as many as ToCa's schedule has after step 0);
+    lr_layer / lr_step: stage-1 AdamW rates of C_l and C_f; lr_stage2: stage 2's rate of C_l;
+    delta: the warm start δ (equation 9); loss: distillation loss to the teacher's final image (Table 6);
+    tau: softmax temperature of the straight-through estimator; init_beta: scale of the ToCa-shaped
+    initial costs; checkpoint: recompute each sub-layer in the backward pass (memory);
+    save_every: iterations between resumable checkpoints."""
+    samples: int = 10000
+    batch_size: int = 8
+    epochs_stage1: float = 1.0
+    epochs_stage2: float = 1.0
+    two_stage: bool = True
+    full_steps: int | None = None
+    lr_layer: float = 1.0
+    lr_step: float = 0.01
+    lr_stage2: float = 0.1
+    delta: float = 10.0
+    loss: str = "lpips"
+    tau: float = 1.0
+    init_beta: float = 1.0
+    checkpoint: bool = True
+    save_every: int = 25
+    seed: int = 0
+
+    @classmethod
+    def of(cls, settings: dict) -> "TrainSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(settings) - names
+        if unknown:
+            raise ValueError(f"diffsparse.train: unknown setting(s) {sorted(unknown)}; valid: {sorted(names)}")
+        return cls(**settings)
+
+    def __post_init__(self):
+        for key in ("samples", "batch_size", "save_every"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"diffsparse.train.{key} must be an integer >= 1, got {v!r}")
+        for key in ("epochs_stage1", "epochs_stage2", "lr_layer", "lr_step", "lr_stage2", "delta", "init_beta"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"diffsparse.train.{key} must be >= 0, got {getattr(self, key)!r}")
+        if not self.tau > 0:
+            raise ValueError(f"diffsparse.train.tau must be > 0, got {self.tau!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"diffsparse.train.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.full_steps is not None and (not isinstance(self.full_steps, int) or self.full_steps < 0):
+            raise ValueError(f"diffsparse.train.full_steps must be an integer >= 0 or null, got {self.full_steps!r}")
+
+    def iterations(self, epochs: float) -> int:
+        """Optimiser steps in `epochs` passes over `samples` conditions (at least one if epochs > 0)."""
+        return max(1, round(epochs * self.samples / self.batch_size)) if epochs > 0 else 0
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The search baselines of appendix A.5.4 (instead of training): algorithm "ga" (population,
+    mutation) or "random"; evaluations: fitness calls (the iteration budget); samples: the fixed sample
+    set the fitness (the training loss to the teacher) is measured on."""
+    algorithm: str = "ga"
+    evaluations: int = 500
+    samples: int = 8
+    population: int = 50
+    mutation: float = 0.01
+    seed: int = 0
+
+    @classmethod
+    def of(cls, settings: dict) -> "SearchSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(settings) - names
+        if unknown:
+            raise ValueError(f"diffsparse.search: unknown setting(s) {sorted(unknown)}; valid: {sorted(names)}")
+        return cls(**settings)
+
+    def __post_init__(self):
+        if self.algorithm not in ("ga", "random"):
+            raise ValueError(f"diffsparse.search.algorithm must be 'ga' or 'random', got {self.algorithm!r}")
+        for key in ("evaluations", "samples", "population"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"diffsparse.search.{key} must be an integer >= 1, got {v!r}")
+        if not 0 <= self.mutation <= 1:
+            raise ValueError(f"diffsparse.search.mutation must be in [0, 1], got {self.mutation!r}")

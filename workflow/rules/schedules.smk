@@ -1,0 +1,35 @@
+localrules: schedule_heatmap
+
+# DiffSparse schedules: trained per (model, variant) and consumed by generate / macs / latency as a
+# static plan. A variant is trained when a table needs it, or by name:
+#   snakemake --cores 2 results/schedules/proxy_pixart/diffsparse_r43.safetensors
+
+
+def trained_variants(model):
+    return [m for m in model_methods(model) if config["methods"][m]["method"] == "diffsparse"]
+
+
+def schedule_inputs(model, methods):
+    """The schedules the given variants of `model` sample with (explicit `schedule:` paths are the user's)."""
+    return [f"results/schedules/{model}/{m}.safetensors" for m in methods
+            if config["methods"][m]["method"] == "diffsparse" and not config["methods"][m].get("schedule")]
+
+
+rule train_schedule:
+    output:
+        schedule="results/schedules/{model}/{method}.safetensors",
+        provenance="results/schedules/{model}/{method}.json",
+    params: config=cell_config
+    resources: gpu=1
+    threads: workflow.cores
+    log: "logs/train_schedule/{model}/{method}.log"
+    shell: "OMP_NUM_THREADS={threads} dsbench train-schedule --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --out {output.schedule} --force > {log} 2>&1"
+
+
+rule schedule_heatmap:
+    # Figure 3 of the paper from any trained schedule.
+    input: "results/schedules/{model}/{method}.safetensors"
+    output: "results/figures/{model}/{method}_schedule.png"
+    params: config=cell_config
+    log: "logs/heatmap/{model}/{method}.log"
+    shell: "dsbench heatmap --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --out {output} > {log} 2>&1"
