@@ -134,6 +134,17 @@ def cmd_train_proxy(args):
     print(json.dumps(info, indent=2))
 
 
+def cmd_match_macs(args):
+    from dsbench.cell import Cell
+    from dsbench.measure import match_macs, predict_macs
+
+    cfg = _config(args)
+    target = predict_macs(Cell(cfg, args.model, args.target))
+    value, macs = match_macs(cfg, args.model, args.method, args.key, target, args.lo, args.hi, args.tol)
+    print(f"{args.method}.{args.key} = {value:.6g}: macs_c1 {macs / 1e9:.6g} G vs {args.target} "
+          f"{target / 1e9:.6g} G ({(macs / target - 1) * 100:+.2f} %)")
+
+
 def cmd_train_schedule(args):
     from dsbench.schedules import train_cell
 
@@ -233,6 +244,13 @@ def parser() -> argparse.ArgumentParser:
              "resumes from <out>.ckpt", method=True)
     s.add_argument("--out", required=True, help="the schedule's .safetensors (its .json provenance goes beside it)")
     s.add_argument("--force", action="store_true", help="train over an existing schedule")
+    s = verb("match-macs", cmd_match_macs, "the setting of a variant that matches another variant's predicted "
+             "MACs (e.g. ToCa's fresh_ratio at a DiffSparse schedule's MACs)", method=True)
+    s.add_argument("--target", required=True, help="the variant whose MACs to match")
+    s.add_argument("--key", default="fresh_ratio")
+    s.add_argument("--lo", type=float, default=0.0)
+    s.add_argument("--hi", type=float, default=1.0)
+    s.add_argument("--tol", type=float, default=0.005, help="relative tolerance (default 0.5 %%)")
     s = verb("heatmap", cmd_heatmap, "Figure 3: a schedule's per-sub-layer heatmap (steps × blocks)", method=True)
     s.add_argument("--out", required=True)
     s = verb("grid", cmd_grid, "a PNG of a model's first samples, one row per method (after generate)")

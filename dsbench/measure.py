@@ -94,3 +94,31 @@ def measure_latency(config: dict, model: str, methods: list[str]) -> dict:
     return {"model": model, "batch_size": len(conds), "device": device_name(config["device"]),
             "threads": torch.get_num_threads(),
             "methods": {m: {**timings[m], "speedup": sp[m]} for m in methods}}
+
+
+def match_macs(config: dict, model: str, variant: str, key: str, target: float, lo: float, hi: float,
+               tol: float = 0.005, max_iter: int = 30) -> tuple[float, float]:
+    """The value of setting `key` of `variant` whose predicted macs_c1 is within `tol` (relative) of
+    `target`, by bisection on [lo, hi] (MACs must grow with the setting, like ToCa's fresh_ratio).
+    Returns (value, its MACs); ValueError if [lo, hi] does not bracket the target. So methods can be
+    compared at the same counted MACs, as DiffSparse's Table 1 does."""
+    import copy
+
+    def macs(value: float) -> float:
+        cfg = copy.deepcopy(config)
+        cfg["methods"][variant] = {**cfg["methods"][variant], key: value}
+        return predict_macs(Cell(cfg, model, variant))
+
+    m_lo, m_hi = macs(lo), macs(hi)
+    if not m_lo <= target <= m_hi:
+        raise ValueError(f"{variant}.{key} in [{lo}, {hi}] gives {m_lo:.4g}–{m_hi:.4g} MACs; the target "
+                         f"{target:.4g} is outside")
+    best = min(((lo, m_lo), (hi, m_hi)), key=lambda p: abs(p[1] - target))
+    for _ in range(max_iter):
+        if abs(best[1] - target) <= tol * target:
+            break
+        mid = (lo + hi) / 2
+        m = macs(mid)
+        best = min((best, (mid, m)), key=lambda p: abs(p[1] - target))
+        lo, hi = (mid, hi) if m < target else (lo, mid)
+    return best

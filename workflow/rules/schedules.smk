@@ -1,4 +1,4 @@
-localrules: schedule_heatmap
+localrules: schedule_heatmap, schedules
 
 # DiffSparse schedules: trained per (model, variant) and consumed by generate / macs / latency as a
 # static plan. A variant is trained when a table needs it, or by name:
@@ -10,9 +10,10 @@ def trained_variants(model):
 
 
 def schedule_inputs(model, methods):
-    """The schedules the given variants of `model` sample with (explicit `schedule:` paths are the user's)."""
-    return [f"results/schedules/{model}/{m}.safetensors" for m in methods
-            if config["methods"][m]["method"] == "diffsparse" and not config["methods"][m].get("schedule")]
+    """The schedules the given variants of `model` sample with: its own, or an explicit `schedule:` path
+    (another model's, for transfer across resolutions: the DAG trains it; a user's file must exist)."""
+    return [config["methods"][m].get("schedule") or f"results/schedules/{model}/{m}.safetensors"
+            for m in methods if config["methods"][m]["method"] == "diffsparse"]
 
 
 rule train_schedule:
@@ -33,3 +34,10 @@ rule schedule_heatmap:
     params: config=cell_config
     log: "logs/heatmap/{model}/{method}.log"
     shell: "dsbench heatmap --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --out {output} > {log} 2>&1"
+
+
+rule schedules:
+    # Every DiffSparse schedule of the config (and its heatmap), without sampling anything.
+    input:
+        [f"results/schedules/{m}/{v}.safetensors" for m in MODELS for v in trained_variants(m)],
+        [f"results/figures/{m}/{v}_schedule.png" for m in MODELS for v in trained_variants(m)],

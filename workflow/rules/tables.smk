@@ -7,7 +7,7 @@ rule render_table:
         # The paper's numbers ship with the code, so they are read from the repo even under --directory.
         paper=lambda wc: [p for p in [PAPER_DIR / f"{wc.table}.csv"] if p.exists()],
     output: table_output("{table}")
-    wildcard_constraints: table="table[0-9]+"
+    wildcard_constraints: table="table[0-9a-z_]+"
     params:
         config=json.dumps(config, sort_keys=True),
         paper_dir=str(PAPER_DIR),
