@@ -149,9 +149,14 @@ def cmd_train_schedule(args):
     from dsbench.schedules import train_cell
 
     sched = train_cell(_cell(args), args.out, force=args.force)
-    last = [e for e in sched.meta["loss_curve"] if "loss" in e]
-    print(f"{args.out}: mean sparsity {sched.mean_sparsity():.4f} over {sched.meta['items']} items, "
-          f"{len(last)} iterations in {sched.meta['train_seconds']} s, last loss {last[-1]['loss']:.4f}")
+    if "search" in sched.meta:
+        s = sched.meta["search"]
+        how = f"{s['algorithm']} search, {s['evaluations']} evaluations, best fitness {s['best_fitness']:.4f}"
+    else:
+        last = [e for e in sched.meta["loss_curve"] if "loss" in e]
+        how = f"{len(last)} iterations, last loss {last[-1]['loss']:.4f}"
+    print(f"{args.out}: mean sparsity {sched.mean_sparsity():.4f} over {sched.meta['items']} items; {how}; "
+          f"{sched.meta['train_seconds']} s")
 
 
 def cmd_heatmap(args):

@@ -47,13 +47,15 @@ class _StepHook(ModelHook):
         super().__init__()
         self.engine = engine
 
-    def pre_forward(self, module, *args, **kwargs):
-        self.engine._begin_step()
-        return args, kwargs
-
-    def post_forward(self, module, output):
-        self.engine._end_step()
-        return output
+    def new_forward(self, module, *args, **kwargs):
+        engine, forward = self.engine, self.fn_ref.original_forward
+        engine._begin_step()
+        if engine.gates is not None and engine._checkpoint and torch.is_grad_enabled():
+            out = engine._checkpointed_step(forward, args, kwargs)
+        else:
+            out = forward(*args, **kwargs)
+        engine._end_step()
+        return out
 
 
 class _BlockHook(ModelHook):
@@ -148,7 +150,8 @@ class Engine:
         the fraction keep[u] of the tokens. From step 1 every sub-layer then computes all its tokens f(x)
         and returns γ·f(x) + (1 − γ)·cache with γ_j = Σ_u gates[u]·1[token j is in candidate u's top-k]:
         the forward value equals inference under the hard plan, and ∂loss/∂γ exists for every token.
-        `checkpoint` recomputes each sub-layer in the backward pass instead of storing its internals.
+        `checkpoint`: activation checkpointing per sampling step (see _checkpointed_step); the backward
+        pass must then run while the engine is attached.
         """
         if gates is not None:
             if keep is None or gates.shape[:3] != (self.plan.steps - 1, self.plan.blocks, len(self.plan.sublayers)) \
@@ -282,8 +285,7 @@ class Engine:
             m = torch.zeros(scores.shape, dtype=x.dtype, device=x.device)
             masks.append(m.fill_(1.0) if c >= N else m.scatter_(1, choose(scores, c, self.cfg_halves), 1.0) if c else m)
         idx = choose(scores, k, self.cfg_halves) if 0 < k < N else None
-        run = (lambda: torch.utils.checkpoint.checkpoint(lambda x: call(forward, x), x, use_reentrant=False)) \
-            if self._checkpoint and torch.is_grad_enabled() else (lambda: call(forward, x))
+        run = lambda: call(forward, x)  # noqa: E731
         # As inference: the ranking observes the tokens the hard choice computes (none when k = 0).
         fresh = run() if k == 0 else self._observed(module, kind, block, idx, kwargs, run)
         gamma = torch.einsum("s,sbn->bn", gate.to(x.dtype), torch.stack(masks)).unsqueeze(-1)
@@ -298,6 +300,46 @@ class Engine:
                 state.last_input = _scatter(state.last_input, idx, _gather(x, idx))
         state.output = out
         return out
+
+    def _snapshot(self) -> tuple:
+        """What a step reads from the engine: step, gates, caches, ranking statistics. Cheap: every update
+        makes new tensors, so references suffice."""
+        states = {k: SublayerState(v.output, v.last_input, v.staleness, list(v.taylor), v.full_step)
+                  for k, v in self.states.items()}
+        stats = dict(self.ranking._stats) if self.ranking is not None else None
+        return (self.step, self.gates, self._keep, self._keeps_list, self._ratios_now, self._skip_now, states,
+                stats, dict(self.block_cache))
+
+    def _restore(self, snap: tuple) -> None:
+        (self.step, self.gates, self._keep, self._keeps_list, self._ratios_now, self._skip_now, states, stats,
+         blocks) = snap
+        self.states = {k: SublayerState(v.output, v.last_input, v.staleness, list(v.taylor), v.full_step)
+                       for k, v in states.items()}
+        if stats is not None:
+            self.ranking._stats = dict(stats)
+        self.block_cache = dict(blocks)
+
+    def _checkpointed_step(self, forward, args, kwargs):
+        """One denoiser call under torch.utils.checkpoint (non-reentrant): autograd keeps none of the
+        step's internals, and the backward pass re-runs the step from the engine state it started from
+        (restored from a snapshot, then put back). Memory across the unrolled sampler is then the
+        latents and the caches each step hands to the next, not every activation of every step."""
+        before, calls = self._snapshot(), [0]
+
+        def run():
+            calls[0] += 1
+            if calls[0] == 1:
+                return forward(*args, **kwargs)
+            if not self.attached:
+                raise RuntimeError("a checkpointed training step is recomputed in the backward pass through the "
+                                   "engine's hooks: call backward() while the engine is attached")
+            now = self._snapshot()
+            self._restore(before)
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                self._restore(now)
+        return torch.utils.checkpoint.checkpoint(run, use_reentrant=False)
 
     def _store_full(self, state: SublayerState, x, out) -> None:
         state.output = out

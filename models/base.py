@@ -17,7 +17,7 @@ import torch
 from models import weights as weights_mod
 from models.registry import ModelPreset
 
-SOURCES = ("real", "tiny", "proxy", "meta")
+SOURCES = ("real", "tiny", "proxy", "meta", "random")
 
 
 def scheduler_class(name: str):
@@ -82,6 +82,12 @@ class ModelAdapter:
         elif source == "real":
             pipe = self._load_real(weights or self.preset.hub_id, dtype)
             pipe.scheduler = scheduler_class(scheduler).from_config(pipe.scheduler.config)
+        elif source == "random":  # full size, seeded random weights, no text encoder: latency and memory checks
+            if self.preset.is_tiny:
+                raise ValueError(f"{self.preset.name} is a tiny model: use source 'tiny'")
+            with seeded(seed), torch.device(device):
+                pipe = self._assemble(scheduler_class(scheduler)(), text=False)
+            pipe.to(dtype=dtype)
         elif source == "meta":
             sched = host_timesteps(scheduler_class(scheduler))()  # built outside the meta context
             with torch.device("meta"):

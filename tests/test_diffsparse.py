@@ -130,8 +130,13 @@ def test_checkpointed_and_plain_gradients_agree(model_pipe):
         tr.initialise()
         with tr.engine:
             loss, _ = tr.loss(CONDS[cell.model][:2], [5, 6], stage=2)
-        loss.backward()
+            loss.backward()
         grads.append(tr.predictor.layer_cost.grad.clone())
+        if ckpt:
+            with tr.engine:
+                loss, _ = tr.loss(CONDS[cell.model][:2], [5, 6], stage=2)
+            with pytest.raises(RuntimeError, match="while the engine is attached"):
+                loss.backward()
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-7, rtol=1e-4)
 

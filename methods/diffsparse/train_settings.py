@@ -15,7 +15,8 @@ class TrainSettings:
     lr_layer / lr_step: stage-1 AdamW rates of C_l and C_f; lr_stage2: stage 2's rate of C_l;
     delta: the warm start δ (equation 9); loss: distillation loss to the teacher's final image (Table 6);
     tau: softmax temperature of the straight-through estimator; init_beta: scale of the ToCa-shaped
-    initial costs; checkpoint: recompute each sub-layer in the backward pass (memory);
+    initial costs; checkpoint: activation checkpointing per sampling step (memory bounded by the
+    caches each step hands to the next, at the cost of a second forward pass in backward);
     save_every: iterations between resumable checkpoints."""
     samples: int = 10000
     batch_size: int = 8
