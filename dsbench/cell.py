@@ -66,6 +66,12 @@ class Cell:
     def num_samples(self) -> int:
         return self.model_cfg["num_samples"]
 
+    def check_ready(self) -> None:
+        """Fail before any model is built if the method needs an artefact that is missing or stale
+        (a DiffSparse schedule not trained yet, or trained for other settings)."""
+        if getattr(self.accelerator, "trained", False):
+            self.accelerator.load_schedule()
+
     def conditions(self) -> list:
         return conditions_mod.load_conditions(self.model_cfg["dataset"], self.num_samples, self.config["resources"])
 

@@ -47,6 +47,7 @@ def generate(cell: Cell, out_dir: str | Path | None = None, shards: list[int] | 
     if not todo:
         return [shard_path(out_dir, k) for k in shards]
     conditions = cell.conditions()  # checks the dataset before the model is built
+    cell.check_ready()
     pipe = cell.build_pipeline()
     meta = shard_meta(cell) | {"base_seed": seed0}
     batch = cell.config["batch_size"]

@@ -295,3 +295,23 @@ def test_a_schedule_trained_at_256_runs_at_512_and_its_counted_macs_follow_the_p
     bad["models"]["pixart_alpha_256"]["steps"] = 10
     with pytest.raises(ValueError, match="trained for T=4"):
         count_macs(Cell(bad, "pixart_alpha_256", "ds_transfer"), "meta")
+
+
+def test_train_schedule_cli_refuses_bad_targets_before_any_work(tmp_path, capsys):
+    from dsbench.cli import main
+
+    cfg = tiny_config()
+    cfg["methods"]["ds"] = {"method": "diffsparse", "ratio": 0.43, "train": {"samples": 2, "batch_size": 2}}
+    cfg["models"]["tiny_pixart"]["methods"].append("ds")
+    arg = json.dumps(cfg)
+    assert main(["train-schedule", "--config", arg, "--model", "tiny_pixart", "--method", "toca",
+                 "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "has no schedule to train" in capsys.readouterr().err
+    (tmp_path / "x.safetensors").write_bytes(b"kept")
+    assert main(["train-schedule", "--config", arg, "--model", "tiny_pixart", "--method", "ds",
+                 "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert (tmp_path / "x.safetensors").read_bytes() == b"kept"              # nothing overwritten
+    assert main(["generate", "--config", arg, "--model", "tiny_pixart", "--method", "ds",
+                 "--root", str(tmp_path)]) == 2
+    assert "train it first" in capsys.readouterr().err

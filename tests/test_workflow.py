@@ -203,3 +203,30 @@ def test_smoke_rerun_is_up_to_date(smoke_run, snakemake):
     run = snakemake(smoke_run, "-n", "--cores", "2", *SMOKE_ARGS)
     assert run.returncode == 0, run.tail()
     assert "Nothing to be done" in run.output, run.tail()
+
+
+@pytest.mark.parametrize("model", sorted(TABLES.values()))
+def test_smoke_trains_a_diffsparse_schedule_and_the_table_uses_it(smoke_run, model):
+    import copy
+
+    from dsbench import config as config_mod
+    from dsbench.cell import Cell
+    from dsbench.measure import predict_macs
+    from methods.diffsparse.dp import budget_units
+    from methods.diffsparse.schedule import Schedule
+
+    path = smoke_run / "results" / "schedules" / model / "diffsparse_r43.safetensors"
+    sched = Schedule.load(path)
+    assert sched.meta["model"] == model and sched.meta["ratio"] == 0.43 and sched.steps == 20
+    assert int(sched.units.sum()) == budget_units(sched.meta["items"], 5, 0.43)     # the exact budget
+    assert [e["stage"] for e in sched.meta["loss_curve"] if "loss" in e] == [1, 1, 2, 2]
+    assert (smoke_run / "results" / "figures" / model / "diffsparse_r43_schedule.png").stat().st_size > 0
+    # The table's row is that schedule: its counted MACs are the ones its plan predicts.
+    cfg = copy.deepcopy(_SMOKE)
+    cfg["methods"]["diffsparse_r43"]["schedule"] = str(path)
+    predicted = predict_macs(Cell(config_mod.validate(cfg), model, "diffsparse_r43"))
+    rows = _rows(smoke_run / "results" / f"{model}.csv")
+    assert float(rows["diffsparse_r43"]["macs_c1_G"]) * 1e9 == pytest.approx(predicted, rel=1e-6)
+    assert float(rows["diffsparse_r43"]["macs_c1_G"]) < 0.8 * float(rows["none"]["macs_c1_G"])
+    table = _rows(smoke_run / "results" / "tables" / f"{[t for t, m in TABLES.items() if m == model][0]}.csv")
+    assert "diffsparse_r43" in table

@@ -7,8 +7,27 @@ from dataclasses import dataclass
 LOSSES = ("lpips", "l2", "ssim")
 
 
+class _Settings:
+    """A block of a diffsparse variant's settings: built from a dict, every error names the key."""
+    key = ""
+
+    @classmethod
+    def of(cls, settings: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(settings) - names
+        if unknown:
+            raise ValueError(f"diffsparse.{cls.key}: unknown setting(s) {sorted(unknown)}; valid: {sorted(names)}")
+        return cls(**settings)
+
+    def _positive_ints(self, *names: str) -> None:
+        for name in names:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"diffsparse.{self.key}.{name} must be an integer >= 1, got {v!r}")
+
+
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(_Settings):
     """samples: training conditions per epoch (captions or class labels, no images; paper 10,000);
     two_stage: Algorithm 1 (False: the single-stage ablation, C_l only, no forced full steps);
     full_steps: |T_f|, steps stage 1 computes in full (None: as many as ToCa's schedule has after step 0);
@@ -34,20 +53,10 @@ class TrainSettings:
     checkpoint: bool = True
     save_every: int = 25
     seed: int = 0
-
-    @classmethod
-    def of(cls, settings: dict) -> "TrainSettings":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(settings) - names
-        if unknown:
-            raise ValueError(f"diffsparse.train: unknown setting(s) {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**settings)
+    key = "train"
 
     def __post_init__(self):
-        for key in ("samples", "batch_size", "save_every"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"diffsparse.train.{key} must be an integer >= 1, got {v!r}")
+        self._positive_ints("samples", "batch_size", "save_every")
         for key in ("epochs_stage1", "epochs_stage2", "lr_layer", "lr_step", "lr_stage2", "delta", "init_beta"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"diffsparse.train.{key} must be >= 0, got {getattr(self, key)!r}")
@@ -64,7 +73,7 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
-class SearchSettings:
+class SearchSettings(_Settings):
     """The search baselines of appendix A.5.4 (instead of training): algorithm "ga" (population,
     mutation) or "random"; evaluations: fitness calls (the iteration budget); samples: the fixed sample
     set the fitness (the training loss to the teacher) is measured on."""
@@ -74,21 +83,11 @@ class SearchSettings:
     population: int = 50
     mutation: float = 0.01
     seed: int = 0
-
-    @classmethod
-    def of(cls, settings: dict) -> "SearchSettings":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(settings) - names
-        if unknown:
-            raise ValueError(f"diffsparse.search: unknown setting(s) {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**settings)
+    key = "search"
 
     def __post_init__(self):
         if self.algorithm not in ("ga", "random"):
             raise ValueError(f"diffsparse.search.algorithm must be 'ga' or 'random', got {self.algorithm!r}")
-        for key in ("evaluations", "samples", "population"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"diffsparse.search.{key} must be an integer >= 1, got {v!r}")
+        self._positive_ints("evaluations", "samples", "population")
         if not 0 <= self.mutation <= 1:
             raise ValueError(f"diffsparse.search.mutation must be in [0, 1], got {self.mutation!r}")
