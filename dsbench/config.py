@@ -86,9 +86,13 @@ def load_arg(arg: str) -> dict[str, Any]:
     return load(arg)
 
 
-def restrict(config: dict[str, Any], model: str) -> dict[str, Any]:
-    """The part of the config one model's jobs depend on (keeps Snakemake's params trigger precise)."""
+def restrict(config: dict[str, Any], model: str, variant: str | None = None) -> dict[str, Any]:
+    """The part of the config one model's jobs depend on (keeps Snakemake's params trigger precise);
+    with `variant`, only that variant and `none` (what one cell's jobs read), so retuning one variant
+    does not rerun (or retrain) the others."""
     m = config["models"][model]
+    if variant is not None:
+        m = {**m, "methods": list(dict.fromkeys(["none", variant]))}
     return {**{k: v for k, v in config.items() if k not in ("models", "methods", "tables")},
             "models": {model: m}, "methods": {v: config["methods"][v] for v in m["methods"]}, "tables": {}}
 

@@ -52,5 +52,6 @@ def provenance(cell) -> dict:
         weights = f"proxy {folder.name} " + ",".join(f"{k}:{v[:12]}" for k, v in verified(folder)["sha256"].items())
     else:
         weights = f"tiny seeded random (seed {cell.config['seed']})"
-    return {"git_commit": git_commit(), "config_hash": digest({"model": m, "method": cell.method_cfg}),
+    cell_id = {"model": {k: v for k, v in m.items() if k != "methods"}, "method": cell.method_cfg}
+    return {"git_commit": git_commit(), "config_hash": digest(cell_id),
             "versions": versions(), "device": device_name(cell.config["device"]), "model_source": weights}

@@ -42,6 +42,9 @@ def test_restricted_cell_config_round_trips(name):
         cell = dsconfig.load_arg(json.dumps(dsconfig.restrict(cfg, model), sort_keys=True))
         assert list(cell["models"]) == [model]
         assert sorted(cell["methods"]) == sorted(cfg["models"][model]["methods"])
+        for variant in cfg["models"][model]["methods"]:       # one cell's jobs: its variant and `none`
+            one = dsconfig.load_arg(json.dumps(dsconfig.restrict(cfg, model, variant), sort_keys=True))
+            assert set(one["methods"]) == {"none", variant} and one["methods"][variant] == cfg["methods"][variant]
 
 
 def test_load_missing_file_names_the_path(tmp_path):

@@ -26,6 +26,11 @@ def cell_config(wildcards):
     return json.dumps(dsconfig.restrict(config, wildcards.model), sort_keys=True)
 
 
+def variant_config(wildcards):
+    """The slice one cell's jobs depend on: the model, its variant and `none`."""
+    return json.dumps(dsconfig.restrict(config, wildcards.model, wildcards.method), sort_keys=True)
+
+
 def shards(model, method, root="results/samples"):
     n = len(shard_ranges(config["models"][model]["num_samples"], config["shard_size"]))
     return [f"{root}/{model}/{method}/shard_{k:05d}.npz" for k in range(n)]

@@ -1,7 +1,7 @@
 rule generate_shard:
     input: lambda wc: schedule_inputs(wc.model, [wc.method])
     output: "results/samples/{model}/{method}/shard_{shard}.npz"
-    params: config=cell_config
+    params: config=variant_config
     resources: gpu=1
     log: "logs/generate/{model}/{method}/{shard}.log"
     shell: "dsbench generate --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --shard {wildcards.shard} > {log} 2>&1"

@@ -3,7 +3,7 @@ rule macs:
     # plans; methods that decide at run time (DiCache) count real runs and report the mean over samples.
     input: lambda wc: schedule_inputs(wc.model, [wc.method])
     output: "results/macs/{model}/{method}.json"
-    params: config=cell_config
+    params: config=variant_config
     log: "logs/macs/{model}/{method}.log"
     shell: "dsbench macs --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --device auto --out {output} > {log} 2>&1"
 
@@ -24,7 +24,7 @@ rule evaluate:
         baseline=lambda wc: shards(wc.model, "none"),
         reference="results/reference/{model}.npz",
     output: "results/metrics/{model}/{method}.json"
-    params: config=cell_config
+    params: config=variant_config
     resources: gpu=1
     log: "logs/evaluate/{model}/{method}.log"
     shell: "dsbench evaluate --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --reference {input.reference} --out {output} > {log} 2>&1"

@@ -20,7 +20,7 @@ rule train_schedule:
     output:
         schedule="results/schedules/{model}/{method}.safetensors",
         provenance="results/schedules/{model}/{method}.json",
-    params: config=cell_config
+    params: config=variant_config
     resources: gpu=1
     threads: workflow.cores
     log: "logs/train_schedule/{model}/{method}.log"
@@ -31,7 +31,7 @@ rule schedule_heatmap:
     # Figure 3 of the paper from any trained schedule.
     input: "results/schedules/{model}/{method}.safetensors"
     output: "results/figures/{model}/{method}_schedule.png"
-    params: config=cell_config
+    params: config=variant_config
     log: "logs/heatmap/{model}/{method}.log"
     shell: "dsbench heatmap --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --out {output} > {log} 2>&1"
 
