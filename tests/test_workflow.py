@@ -73,6 +73,8 @@ def test_table1_dry_run_plans_every_step(tmp_path, snakemake):
         "aggregate": 1,
         "render_table": 1,
         "table1": 1,
+        # each DiffSparse variant's schedule is trained first (rule train_schedule)
+        "train_schedule": sum(cfg["methods"][m]["method"] == "diffsparse" for m in methods),
     }
     assert stats == {**expected, "total": sum(expected.values())}
     assert not (tmp_path / "results").exists()              # a dry run writes nothing
