@@ -107,7 +107,5 @@ class CostPredictor(nn.Module):
             f = hf[:, 0].view(-1, 1, 1, 1)
             mixed = f * full + hf[:, 1].view(-1, 1, 1, 1) * own
             is_forced = step.bool().view(-1, 1, 1, 1)
-            h = torch.where(is_forced, mixed, h)
-            units = units.view(self.shape).clone()
-            units[is_forced.view(-1)] = 0
+            h = torch.where(is_forced, mixed, h)   # layer_units already gave forced items candidate 0
         return h.view(*self.shape, self.S), units.view(self.shape), forced
