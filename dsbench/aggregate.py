@@ -8,6 +8,9 @@ import pandas as pd
 from dsbench.io import read_json, write_text
 
 TERA, GIGA = 1e12, 1e9
+# Scalars of a cell's metrics JSON (dsbench/evaluate.py) carried into the model's CSV; absent ones are empty.
+METRIC_KEYS = ("fid", "sfid", "precision", "recall", "clip", "clip_x100", "clip_toca", "align", "image_reward",
+               "psnr", "ssim", "lpips", "n_samples", "fid_n_ref")
 
 
 def aggregate(model: str, methods: list[str], macs: list[Path], metrics: list[Path], latency: Path,
@@ -21,7 +24,7 @@ def aggregate(model: str, methods: list[str], macs: list[Path], metrics: list[Pa
             "macs_c1_T": mac["macs_c1"] / TERA, "macs_total_T": mac["macs_total"] / TERA,
             "macs_c1_G": mac["macs_c1"] / GIGA,  # the CPU proxies' scale
             "latency_s": lat[method]["median_s"], "speedup": lat[method]["speedup"],
-            **{k: met.get(k) for k in ("fid", "clip", "align", "psnr", "lpips", "n_samples", "fid_n_ref")},
+            **{k: met.get(k) for k in METRIC_KEYS},
             **provenance[method],
         })
     df = pd.DataFrame(rows)

@@ -13,6 +13,9 @@ from models.registry import get_preset
 WEIGHT_FILES = {  # network name -> file under resources/weights
     "ViT-L-14-quickgelu": "open_clip_vit_l14_openai.bin",
 }
+TOCA_CLIP_DIRS = {  # network name -> folder under resources/weights (toca_compat, transformers format)
+    "ViT-L-14-quickgelu": "clip-vit-large-patch14",
+}
 
 
 def weights_dir(config: dict) -> Path:
@@ -28,12 +31,12 @@ def _device(config: dict) -> str:
 def _fid_network(config: dict):
     from metrics.networks import load_fid_network
 
-    return load_fid_network(config["metrics"]["fid_network"], weights_dir(config), _device(config))
+    m = config["metrics"]
+    return load_fid_network(m["fid_network"], weights_dir(config), _device(config), m.get("fid_mode", "clean"))
 
 
 def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | Path | None = None) -> dict:
     """FID against the reference statistics, CLIP (text models), PSNR/LPIPS against `none`'s samples."""
-    from metrics.clip_score import ClipScore
     from metrics.fid import FeatureStats, check_compatible, frechet_distance, image_features
     from metrics.fidelity import Fidelity
 
@@ -43,16 +46,15 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         raise FileNotFoundError(f"reference statistics {reference} are missing; build them with "
                                 f"`dsbench reference --model {cell.model}` (or the workflow's reference rule)")
     ref = FeatureStats.load(reference)
-    from metrics.networks import load_clip, load_lpips
+    from metrics.networks import load_lpips
     from metrics.shapes_classifier import load_shapes_classifier
 
     dev, m = _device(config), config["metrics"]
     text = cell.adapter.family != "dit" and m["clip_network"] != "none"
     # Every network is loaded (a missing file is an error) before any feature work.
     fid_net = _fid_network(config)
-    check_compatible(ref[3], res, fid_net.network_id)
-    clip = load_clip(m["clip_network"], weights_dir(config) / WEIGHT_FILES.get(m["clip_network"], ""), dev) \
-        if text else None
+    check_compatible(ref[3], res, fid_net)
+    clip_scores = _clip_scores(m, weights_dir(config), dev) if text else {}
     lpips_net = load_lpips(m["lpips_network"], dev) if config["fidelity_samples"] else None
     align = None
     if m.get("alignment", "none") == "shapes":
@@ -69,15 +71,18 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     out = {"model": cell.model, "method": cell.method, "n_samples": stats.n, "fid": frechet_distance(stats, ref),
            "fid_n_ref": ref[2], "fid_network": fid_net.network_id}
 
-    if text or align:
-        score, conds = ClipScore(clip, dev, m["clip_mode"]) if text else None, cell.conditions()
+    if clip_scores or align:
+        conds = cell.conditions()
         for k, rng in enumerate(shard_ranges(n, shard)):
             images, batch_conds = read_shard(shard_path(folder, k), rng).images, [conds[i] for i in rng]
-            for metric in (score, align):
+            for metric in (*clip_scores.values(), align):
                 if metric is not None:
                     metric.update(images, batch_conds)
-        if text:
-            out |= {"clip": score.compute(), "clip_network": clip.network_id}
+        if "correct" in clip_scores:
+            out |= {"clip": clip_scores["correct"].compute(), "clip_x100": clip_scores["correct"].x100(),
+                    "clip_network": clip_scores["correct"].bundle.network_id}
+        if "toca_compat" in clip_scores:
+            out |= {"clip_toca": clip_scores["toca_compat"].compute()}
         if align:
             out |= {"align": align.compute()}
 
@@ -88,8 +93,24 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         for a, b in zip(iter_images(folder, n, shard, limit=k), iter_images(base, n, shard, limit=k)):
             fid_.update(a, b)
         fidelity = fid_.compute()
-        out |= {"psnr": fidelity["psnr"], "lpips": fidelity["lpips"], "fidelity_n": fidelity["n"]}
+        out |= {"psnr": fidelity["psnr"], "ssim": fidelity["ssim"], "lpips": fidelity["lpips"],
+                "fidelity_n": fidelity["n"]}
     return out
+
+
+def _clip_scores(m: dict, wdir: Path, dev) -> dict:
+    """The configured CLIP modes' metrics, networks loaded (a missing weight is an error here)."""
+    from metrics.clip_score import ClipScore, TocaCompatClipScore, check_mode
+    from metrics.networks import load_clip, load_transformers_clip
+
+    mode, name = m.get("clip_mode", "correct"), m["clip_network"]
+    check_mode(mode)
+    scores = {}
+    if mode in ("correct", "both"):
+        scores["correct"] = ClipScore(load_clip(name, wdir / WEIGHT_FILES.get(name, ""), dev), dev)
+    if mode in ("toca_compat", "both"):
+        scores["toca_compat"] = TocaCompatClipScore(*load_transformers_clip(name, wdir / TOCA_CLIP_DIRS.get(name, ""), dev), dev)
+    return scores
 
 
 def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "results") -> dict:

@@ -68,6 +68,7 @@ PAPER_COUNTERPARTS: dict[str, str] = {
     "speedup": "speedup",
     "fid": "fid",
     "clip": "clip",
+    "clip_toca": "clip",  # the paper's CLIP is ToCa's protocol (metrics/clip_score.py); see render_table
     "sfid": "sfid",
     "precision": "precision",
     "recall": "recall",
@@ -95,6 +96,7 @@ METRIC_FORMATS: dict[str, MetricFormat] = {
     "precision": MetricFormat("Precision", 2),
     "recall": MetricFormat("Recall", 2),
     "clip": MetricFormat("CLIP", 3),
+    "clip_toca": MetricFormat("CLIP ToCa-protocol", 3),
     "align": MetricFormat("Align.", 3),
     "psnr": MetricFormat("PSNR", 2),
     "ssim": MetricFormat("SSIM", 4),
@@ -350,6 +352,8 @@ def render_table(
         raise ValueError(f"duplicate metrics in columns: {columns}")
 
     counterparts: dict[str, str | None] = dict(PAPER_COUNTERPARTS)
+    if "clip_toca" in columns and "clip" not in (paper_columns or {}):
+        counterparts["clip"] = None  # the paper's CLIP number sits beside the protocol that made it
     counterparts.update(paper_columns or {})
 
     # ours, keyed by method

@@ -1,7 +1,12 @@
-"""Streaming CLIP score: mean raw cosine between image and caption embeddings.
+"""Streaming CLIP scores, in two modes (``MODES``):
 
-No logit scale (torchmetrics reports 100*cos) and no clamping (Hessel et al. clamp per
-sample and multiply by 2.5); this is the plain cosine the paper's table is on.
+- ``correct`` (``ClipScore``): mean raw cosine between open_clip ViT-L/14 embeddings of uint8 images
+  and of their captions, on the 0-1 scale (``x100`` for torchmetrics' scale). No logit scale and no
+  clamping (Hessel et al. clamp per sample and multiply by 2.5).
+- ``toca_compat`` (``TocaCompatClipScore``): the protocol behind the paper's 0.164 (ToCa's
+  ``clip_score.py``): images as float [0,1] tensors into torchmetrics' CLIPScore, whose HF processor
+  rescales by 1/255 a second time, so every image it scores is nearly black; result / 100. Kept to
+  compare with the paper's column, not as a measure of alignment.
 """
 from __future__ import annotations
 
@@ -11,14 +16,37 @@ import numpy as np
 import torch
 from PIL import Image
 
-# "toca_compat" (float [0,1] into torchmetrics CLIPScore, /100) comes with the metrics issue.
-MODES = ("correct",)
+MODES = ("correct", "toca_compat")
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES + ("both",):
+        raise ValueError(f"unknown CLIP score mode {mode!r}; valid modes: {', '.join(MODES)}, both")
+
+
+def _check_pairs(images, captions) -> None:
+    if isinstance(captions, str) or len(captions) != len(images):
+        raise ValueError(f"need one caption per image: {len(images)} images, "
+                         f"{1 if isinstance(captions, str) else len(captions)} captions")
+
+
+def _check_uint8(images) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        # float [0,1] input is what made ToCa's CLIP numbers artefactual (rescaled twice
+        # -> near-black images); only uint8 [0,255] is accepted.
+        raise TypeError(f"CLIP images must be a uint8 numpy array in [0,255], "
+                        f"got {getattr(images, 'dtype', type(images))}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be (N,H,W,3) RGB, got shape {images.shape}")
 
 
 class ClipScore:
+    """``correct`` mode: ``compute()`` is the mean cosine (0-1 scale); ``x100`` is 100 x that."""
+
     def __init__(self, bundle, device: str | torch.device = "cpu", mode: str = "correct") -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown CLIP score mode {mode!r}; valid modes: {', '.join(MODES)}")
+        if mode != "correct":
+            check_mode(mode)
+            raise ValueError(f"ClipScore is the 'correct' mode; use TocaCompatClipScore for {mode!r}")
         self.bundle, self.device, self.mode = bundle, torch.device(device), mode
         self.reset()
 
@@ -34,13 +62,7 @@ class ClipScore:
 
     def image_embeddings(self, images: np.ndarray) -> torch.Tensor:
         """L2-normalised (N, D) embeddings of uint8 (N,H,W,3) RGB images."""
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-            # float [0,1] input is what made ToCa's CLIP numbers artefactual (rescaled twice
-            # -> near-black images); only uint8 [0,255] is accepted in "correct" mode.
-            raise TypeError(f"CLIP images must be a uint8 numpy array in [0,255], "
-                            f"got {getattr(images, 'dtype', type(images))}")
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be (N,H,W,3) RGB, got shape {images.shape}")
+        _check_uint8(images)
         x = torch.stack([self.bundle.preprocess(Image.fromarray(im)) for im in images])
         with torch.no_grad():
             e = self.bundle.model.encode_image(x.to(self.device)).float()
@@ -53,9 +75,7 @@ class ClipScore:
         return self._unit(e, "text")
 
     def update(self, images: np.ndarray, captions: Sequence[str]) -> None:
-        if isinstance(captions, str) or len(captions) != len(images):
-            raise ValueError(f"need one caption per image: {len(images)} images, "
-                             f"{1 if isinstance(captions, str) else len(captions)} captions")
+        _check_pairs(images, captions)
         if len(captions) == 0:
             return
         cos = (self.image_embeddings(images) * self.text_embeddings(captions)).sum(dim=-1)
@@ -66,3 +86,41 @@ class ClipScore:
         if self.n == 0:
             raise ValueError("ClipScore.compute() called before any update()")
         return self._sum / self.n
+
+    def x100(self) -> float:
+        return 100.0 * self.compute()
+
+
+class TocaCompatClipScore:
+    """``toca_compat`` mode: ToCa's protocol, reproduced through torchmetrics' own CLIPScore.
+
+    ``model, processor`` come from ``metrics.networks.load_transformers_clip``. Samples are stored
+    as uint8; ``update`` turns them into what ToCa passed (``ToTensor()(img)``: float [0,1] CHW).
+    ``compute()`` is torchmetrics' score (100 x the mean cosine, clamped at 0) / 100.
+    """
+
+    def __init__(self, model, processor, device: str | torch.device = "cpu") -> None:
+        from torchmetrics.multimodal.clip_score import CLIPScore
+
+        self.metric = CLIPScore(model_name_or_path=lambda: (model, processor)).to(device)
+        self.device = torch.device(device)
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    @property
+    def n(self) -> int:
+        return int(self.metric.n_samples)
+
+    def update(self, images: np.ndarray, captions: Sequence[str]) -> None:
+        _check_uint8(images)
+        _check_pairs(images, captions)
+        if len(captions) == 0:
+            return
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)  # ToTensor()
+        self.metric.update(list(x.to(self.device)), list(captions))
+
+    def compute(self) -> float:
+        if self.n == 0:
+            raise ValueError("TocaCompatClipScore.compute() called before any update()")
+        return float(self.metric.compute()) / 100.0

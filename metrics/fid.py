@@ -1,8 +1,10 @@
-"""Streaming Frechet distance (FID), numerically compatible with clean-fid's "clean" mode.
+"""Streaming Frechet distance (FID), numerically compatible with clean-fid.
 
 Features are reduced to running float64 sums batch by batch (torchmetrics-style
-update/compute/reset), so 50k images are never held in memory. Resizing uses
-clean-fid's own PIL-bicubic float resizer; at 299 px this *is* clean-fid "clean".
+update/compute/reset), so 50k images are never held in memory. Two of clean-fid's modes, chosen
+when the network is loaded (``metrics.networks.load_fid_network(mode=)``): "clean" resizes with
+clean-fid's own PIL-bicubic float resizer (at 299 px this *is* clean-fid "clean"); in
+"legacy_tensorflow" the network gets native-size images and resizes inside with TF1 bilinear.
 """
 from __future__ import annotations
 
@@ -13,8 +15,6 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-
-RESIZE_ID = "clean-bicubic"
 
 
 class FeatureStats:
@@ -91,7 +91,11 @@ def image_features(batches: Iterable[np.ndarray], network, device, batch_size: i
     from cleanfid.resize import make_resizer
 
     s = int(network.input_size)
-    resize = make_resizer("PIL", False, "bicubic", (s, s))  # float32 HWC, clipped, not quantised
+    if getattr(network, "resize_inside", False):
+        def resize(img):  # legacy_tensorflow: no resize outside (clean-fid's identity resizer)
+            return img.astype(np.float32)
+    else:
+        resize = make_resizer("PIL", False, "bicubic", (s, s))  # float32 HWC, clipped, not quantised
 
     def run(chunk: list[np.ndarray]) -> np.ndarray:
         # HWC->CHW exactly as clean-fid's ResizeDataset (ToTensor on float32 does not rescale)
@@ -153,20 +157,20 @@ def image_list_sha256(names: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
 
 
-def reference_meta(resolution: int, network_id: str, n: int, image_names: Sequence[str]) -> dict:
-    return {"resolution": int(resolution), "resize": RESIZE_ID, "network_id": network_id,
+def reference_meta(resolution: int, network, n: int, image_names: Sequence[str]) -> dict:
+    return {"resolution": int(resolution), "resize": network.resize_id, "network_id": network.network_id,
             "n": int(n), "image_list_sha256": image_list_sha256(image_names)}
 
 
-def check_compatible(ref_meta: dict, resolution: int, network_id: str) -> None:
-    """Refuse reference statistics made at another resolution, resize recipe or network."""
+def check_compatible(ref_meta: dict, resolution: int, network) -> None:
+    """Refuse reference statistics made at another resolution, resize recipe (FID mode) or network."""
     problems = []
     if ref_meta.get("resolution") != resolution:
         problems.append(f"resolution {ref_meta.get('resolution')} != {resolution}")
-    if ref_meta.get("network_id") != network_id:
-        problems.append(f"network {ref_meta.get('network_id')!r} != {network_id!r}")
-    if ref_meta.get("resize") != RESIZE_ID:
-        problems.append(f"resize {ref_meta.get('resize')!r} != {RESIZE_ID!r}")
+    if ref_meta.get("network_id") != network.network_id:
+        problems.append(f"network {ref_meta.get('network_id')!r} != {network.network_id!r}")
+    if ref_meta.get("resize") != network.resize_id:
+        problems.append(f"resize {ref_meta.get('resize')!r} != {network.resize_id!r} (another fid_mode)")
     if problems:
         raise ValueError("reference statistics are incompatible (mixing them is an error): "
                          + "; ".join(problems))
@@ -180,7 +184,7 @@ def make_reference_stats(ref_batches: Iterable[np.ndarray], image_names: Sequenc
         stats.update(f)
     if stats.n != len(image_names):
         raise ValueError(f"{stats.n} images but {len(image_names)} names")
-    meta = reference_meta(resolution, network.network_id, stats.n, image_names)
+    meta = reference_meta(resolution, network, stats.n, image_names)
     stats.save(out_path, meta)
     return meta
 
@@ -189,7 +193,7 @@ def fid_from_batches(gen_batches: Iterable[np.ndarray], ref_stats_path: str | Pa
                      device, resolution: int, batch_size: int = 64) -> float:
     """FID of generated uint8 batches against saved reference statistics."""
     mu, sigma, n, meta = FeatureStats.load(ref_stats_path)
-    check_compatible(meta, resolution, network.network_id)
+    check_compatible(meta, resolution, network)
     stats = FeatureStats()
     for f in image_features(gen_batches, network, device, batch_size, resolution):
         stats.update(f)

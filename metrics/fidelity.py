@@ -1,6 +1,6 @@
 """Fidelity of accelerated samples to the unaccelerated model's samples, paired by index.
 
-PSNR and LPIPS are computed per pair and averaged over pairs (mean of per-pair PSNR,
+PSNR, SSIM and LPIPS are computed per pair and averaged over pairs (mean of per-pair PSNR,
 not PSNR of the mean MSE). Identical pairs would have PSNR = inf, which makes the mean
 useless, so per-pair PSNR is capped at PSNR_CAP_DB = 100 dB (an MSE of ~6.5e-6 grey
 levels^2: far below one-level differences, which give 48.13 dB).
@@ -29,6 +29,15 @@ def psnr_per_pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.minimum(psnr, PSNR_CAP_DB)
 
 
+def ssim_per_pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SSIM per pair with torchmetrics' defaults (Gaussian 11 x 11, sigma 1.5, K = 0.01 / 0.03, the
+    Wang et al. 2004 recipe), data range 255, averaged over the three channels and the image."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    x, y = (torch.from_numpy(v).permute(0, 3, 1, 2).double() for v in (a, b))
+    return ssim(x, y, data_range=255.0, reduction="none").numpy()
+
+
 def _to_lpips_input(x: np.ndarray, device) -> torch.Tensor:
     t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
     # lpips/torchmetrics only check min >= -1, so [0,255] input would pass silently.
@@ -37,7 +46,7 @@ def _to_lpips_input(x: np.ndarray, device) -> torch.Tensor:
 
 
 class Fidelity:
-    """``update(a, b)`` with uint8 (N,H,W,3) pairs; ``compute()`` -> {"psnr", "lpips", "n"}.
+    """``update(a, b)`` with uint8 (N,H,W,3) pairs; ``compute()`` -> {"psnr", "ssim", "lpips", "n"}.
 
     ``lpips_net`` (from ``networks.load_lpips``) may be None for PSNR only ("lpips": None).
     """
@@ -47,7 +56,7 @@ class Fidelity:
         self.reset()
 
     def reset(self) -> None:
-        self.n, self._psnr, self._lpips = 0, 0.0, 0.0
+        self.n, self._psnr, self._ssim, self._lpips = 0, 0.0, 0.0, 0.0
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         _check(a, "a")
@@ -55,9 +64,10 @@ class Fidelity:
         if a.shape != b.shape:
             raise ValueError(f"paired images must have the same shape: {a.shape} vs {b.shape}")
         self._psnr += float(psnr_per_pair(a, b).sum())
-        if self.lpips_net is not None:
-            for i in range(0, len(a), self.batch_size):  # bound memory at high resolution
-                sl = slice(i, i + self.batch_size)
+        for i in range(0, len(a), self.batch_size):  # bound memory at high resolution
+            sl = slice(i, i + self.batch_size)
+            self._ssim += float(ssim_per_pair(a[sl], b[sl]).sum())
+            if self.lpips_net is not None:
                 with torch.no_grad():
                     d = self.lpips_net(_to_lpips_input(a[sl], self.device),
                                        _to_lpips_input(b[sl], self.device))
@@ -67,6 +77,6 @@ class Fidelity:
     def compute(self) -> dict:
         if self.n == 0:
             raise ValueError("Fidelity.compute() called before any update()")
-        return {"psnr": self._psnr / self.n,
+        return {"psnr": self._psnr / self.n, "ssim": self._ssim / self.n,
                 "lpips": self._lpips / self.n if self.lpips_net is not None else None,
                 "n": self.n}

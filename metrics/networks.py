@@ -22,6 +22,7 @@ INCEPTION_URL = (
     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 )
 CLIP_HF_REPO = "timm/vit_large_patch14_clip_224.openai"
+CLIP_TRANSFORMERS_REPO = "openai/clip-vit-large-patch14"  # the same weights, as torchmetrics loads them
 CLIP_HF_FILE = "open_clip_pytorch_model.bin"
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
@@ -32,13 +33,21 @@ TINY_SEED = 0
 # ----------------------------------------------------------------------------- FID
 
 
+FID_MODES = ("clean", "legacy_tensorflow")  # clean-fid's names; "legacy_pytorch" is not offered
+
+
 class TinyFeatureNet(nn.Module):
-    """Small conv net standing in for Inception in tests: float NCHW [0,255] -> (N, 64)."""
+    """Small conv net standing in for Inception in tests: float NCHW [0,255] -> (N, 64).
+
+    ``resize_inside`` mirrors InceptionV3W(resize_inside=True) ("legacy_tensorflow"): any input size,
+    resized in the network with TF1's bilinear (torch-fidelity's port), as the TF/ADM evaluators do.
+    """
 
     input_size = 64
 
-    def __init__(self) -> None:
+    def __init__(self, resize_inside: bool = False) -> None:
         super().__init__()
+        self.resize_inside = resize_inside
         self.body = nn.Sequential(
             nn.Conv2d(3, 16, 4, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
@@ -48,12 +57,25 @@ class TinyFeatureNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.input_size
+        if self.resize_inside:
+            from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+            x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(s, s), align_corners=False)
         assert x.shape[1:] == (3, s, s), f"expected (N,3,{s},{s}), got {tuple(x.shape)}"
         return self.body(x / 127.5 - 1.0)  # same [0,255] contract as InceptionV3W
 
 
-def load_fid_network(name: str, weights_dir: str | Path | None, device: str | torch.device) -> nn.Module:
-    """Feature extractor taking float NCHW in [0,255] at ``.input_size``; carries ``.network_id``."""
+def load_fid_network(name: str, weights_dir: str | Path | None, device: str | torch.device,
+                     mode: str = "clean") -> nn.Module:
+    """Feature extractor taking float NCHW in [0,255]; carries ``.network_id`` and ``.resize_id``.
+
+    ``mode`` is clean-fid's: "clean" resizes outside with PIL bicubic to ``.input_size`` (see
+    metrics/fid.py); "legacy_tensorflow" hands the network native-size images and it resizes inside
+    with TF1 bilinear, so numbers are comparable with TF / ADM-evaluated FIDs.
+    """
+    if mode not in FID_MODES:
+        raise ValueError(f"unknown FID mode {mode!r}; valid: {', '.join(FID_MODES)}")
+    inside = mode == "legacy_tensorflow"
     if name == "inception":
         path = Path(weights_dir) / INCEPTION_FILE if weights_dir is not None else Path(INCEPTION_FILE)
         if weights_dir is None or not path.is_file():
@@ -63,10 +85,11 @@ def load_fid_network(name: str, weights_dir: str | Path | None, device: str | to
             )
         from cleanfid.inception_torchscript import InceptionV3W
 
-        # resize_inside=False: we resize outside with clean-fid's PIL-bicubic ("clean" mode).
-        net = InceptionV3W(str(path.parent), download=False, resize_inside=False)
+        net = InceptionV3W(str(path.parent), download=False, resize_inside=inside)
         net.input_size, net.network_id = 299, "inception-2015-12-05"
     elif name == "shapes":  # the proxy benchmark's classifier (metrics/shapes_classifier.py), hash-checked
+        if inside:
+            raise ValueError("the shapes classifier has no TF-resize mode; use fid_mode: clean")
         from metrics.shapes_classifier import load_shapes_classifier
         from models.proxy import proxy_dir
 
@@ -74,10 +97,12 @@ def load_fid_network(name: str, weights_dir: str | Path | None, device: str | to
         net.network_id = f"shapes-classifier-{net.weights_id}"
     elif name == "tiny":
         with seeded(TINY_SEED):
-            net = TinyFeatureNet()
+            net = TinyFeatureNet(resize_inside=inside)
         net.network_id = f"tiny-seed{TINY_SEED}"
     else:
         raise ValueError(f"unknown FID network {name!r}; valid: 'inception', 'shapes', 'tiny'")
+    net.resize_inside = inside
+    net.resize_id = "tf1-bilinear-inside" if inside else "clean-bicubic"
     return net.to(device).eval()
 
 
@@ -125,6 +150,80 @@ def load_clip(name: str, weights: str | Path | None, device: str | torch.device)
     else:
         raise ValueError(f"unknown CLIP network {name!r}; valid: 'ViT-L-14-quickgelu', 'tiny'")
     return ClipBundle(model.eval(), preprocess, tokenizer, network_id)
+
+
+class _FeatureTensors(nn.Module):
+    """A transformers CLIPModel whose get_*_features return tensors.
+
+    torchmetrics 1.9's CLIPScore calls ``.norm`` on them, but transformers 5 returns a ModelOutput
+    (its ``pooler_output`` is the projected embedding), so CLIPScore breaks on the raw model.
+    """
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    @staticmethod
+    def _tensor(out):
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def get_image_features(self, *args, **kwargs):
+        return self._tensor(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args, **kwargs):
+        return self._tensor(self.model.get_text_features(*args, **kwargs))
+
+
+def _tiny_clip_tokenizer():
+    """CLIP's BPE tokenizer over a byte-level vocabulary with no merges (every word -> characters)."""
+    import json
+    import tempfile
+
+    import transformers
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return CLIPTokenizer(vocab=vocab, merges=[])
+    with tempfile.TemporaryDirectory() as d:  # transformers 4 loads the slow tokenizer from files only
+        Path(d, "vocab.json").write_text(json.dumps(vocab))
+        Path(d, "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(Path(d, "vocab.json")), str(Path(d, "merges.txt")))
+
+
+def load_transformers_clip(name: str, folder: str | Path | None, device: str | torch.device):
+    """(model, processor) for torchmetrics' CLIPScore: the ``toca_compat`` protocol (metrics/clip_score.py).
+
+    ``ViT-L-14-quickgelu`` reads a local copy of the hub repo openai/clip-vit-large-patch14 (the
+    same weights as open_clip's 'openai' ViT-L/14); ``tiny`` is a seeded 1-layer model for tests.
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    if name == "ViT-L-14-quickgelu":
+        if folder is None or not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"transformers CLIP weights not found: {folder} (a local copy of {CLIP_TRANSFORMERS_REPO}). "
+                f"Fetch with `hf download {CLIP_TRANSFORMERS_REPO} --local-dir {folder}`")
+        model = CLIPModel.from_pretrained(folder, local_files_only=True)
+        processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+    elif name == "tiny":
+        cfg = CLIPConfig(
+            text_config=dict(vocab_size=600, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                             num_attention_heads=2, max_position_embeddings=77, bos_token_id=512,
+                             eos_token_id=513, pad_token_id=513),
+            vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                               num_attention_heads=2, image_size=32, patch_size=8),
+            projection_dim=16)
+        with seeded(TINY_SEED):
+            model = CLIPModel(cfg)
+        # The real processor's defaults (rescale 1/255, OpenAI mean/std, bicubic, center crop) at 32 px.
+        image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        processor = CLIPProcessor(image_processor=image_processor, tokenizer=_tiny_clip_tokenizer())
+    else:
+        raise ValueError(f"unknown CLIP network {name!r}; valid: 'ViT-L-14-quickgelu', 'tiny'")
+    return _FeatureTensors(model.eval()).to(device), processor
 
 
 # ----------------------------------------------------------------------------- LPIPS

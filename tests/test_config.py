@@ -27,7 +27,7 @@ def test_shipped_config_validates(name):
     cfg = dsconfig.load(ROOT / name)
     assert cfg["models"] and cfg["methods"] and cfg["tables"]
     # schema defaults are filled in
-    assert cfg["metrics"]["clip_mode"] == "correct"
+    assert cfg["metrics"]["fid_mode"] == "clean"
     assert "fidelity_samples" in cfg
     for model in cfg["models"].values():
         assert "none" in model["methods"]

@@ -1,5 +1,6 @@
 """FID pipeline: streaming stats, clean-fid equivalence, reference-stat guards (offline, tiny net)."""
 import os
+import types
 
 import numpy as np
 import pytest
@@ -128,9 +129,9 @@ def test_reference_stats_roundtrip_and_guards(tmp_path, tiny):
     with pytest.raises(ValueError, match="resolution 32 != 64"):
         fid.fid_from_batches([imgs], path, tiny, CPU, 64)
     with pytest.raises(ValueError, match="network"):
-        fid.check_compatible(meta, 32, "inception-2015-12-05")
+        fid.check_compatible(meta, 32, types.SimpleNamespace(network_id="inception-2015-12-05", resize_id="clean-bicubic"))
     with pytest.raises(ValueError, match="resize"):
-        fid.check_compatible({**meta, "resize": "legacy_tensorflow"}, 32, "tiny-seed0")
+        fid.check_compatible({**meta, "resize": "tf1-bilinear-inside"}, 32, tiny)
 
 
 def test_tiny_network_deterministic_and_rng_neutral():
@@ -151,3 +152,83 @@ def test_missing_inception_weights(tmp_path):
     assert "nvlabs-fi-cdn.nvidia.com" in str(e.value)
     with pytest.raises(ValueError, match="valid"):
         load_fid_network("vgg", tmp_path, CPU)
+
+
+@pytest.mark.filterwarnings("ignore:FID with n=")
+@pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")
+def test_legacy_tensorflow_mode_matches_clean_fid(tmp_path):
+    """clean-fid's own legacy_tensorflow pipeline (identity resizer outside, TF1 bilinear inside the
+    network) on PNG folders gives the same features and FID as our streaming path."""
+    from cleanfid import fid as cfid
+
+    net = load_fid_network("tiny", None, CPU, mode="legacy_tensorflow")
+    assert net.resize_inside and net.resize_id == "tf1-bilinear-inside"
+    sets = {"a": _images(11, 20, size=48), "b": _images(12, 20, size=48, lo=30, hi=220)}
+    for name, imgs in sets.items():
+        (tmp_path / name).mkdir()
+        for i, im in enumerate(imgs):
+            Image.fromarray(im).save(tmp_path / name / f"{i:03d}.png")
+    kw = dict(mode="legacy_tensorflow", device=CPU, num_workers=0, batch_size=8, verbose=False)
+    theirs = cfid.get_folder_features(str(tmp_path / "a"), net, **kw)
+    ours = np.concatenate(list(fid.image_features([sets["a"]], net, CPU, batch_size=8)))
+    np.testing.assert_array_equal(ours, theirs)
+    # The mode matters: the clean pipeline's features differ from the TF1-bilinear ones.
+    clean = np.concatenate(list(fid.image_features([sets["a"]], load_fid_network("tiny", None, CPU), CPU)))
+    assert np.abs(clean - ours).max() > 1e-3
+
+    ref = cfid.compute_fid(str(tmp_path / "a"), str(tmp_path / "b"), custom_feat_extractor=net,
+                           use_dataparallel=False, **kw)
+    got = fid.frechet_distance(_stats(sets["a"], net, 8), _stats(sets["b"], net, 8))
+    assert got == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")
+def test_frechet_distance_is_clean_fids_on_the_same_features():
+    """Given the same float64 features, our streamed moments reproduce np.mean/np.cov to round-off
+    and the distance is clean-fid's fid_from_feats (float64 features: clean-fid's float32 mean is
+    the only source of difference in the image-level test above)."""
+    from cleanfid import fid as cfid
+
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(0, 1, (300, 24)), rng.normal(0.2, 1.1, (300, 24))
+    sa, sb = fid.FeatureStats(), fid.FeatureStats()
+    for k in range(0, 300, 64):
+        sa.update(a[k:k + 64])
+        sb.update(b[k:k + 64])
+    ref = cfid.fid_from_feats(a, b)
+    moments = [(x.mean(axis=0), np.cov(x, rowvar=False), len(x)) for x in (a, b)]
+    assert fid.frechet_distance(*moments) == ref  # the same function on the same moments: exact
+    assert fid.frechet_distance(sa, sb) == pytest.approx(ref, rel=1e-12)
+
+
+def test_matches_torchmetrics_fid_with_the_same_network():
+    """torchmetrics' FrechetInceptionDistance with our feature network injected (images already at
+    the network's input size, so no resize is involved on either side): rtol 1e-6."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    net = load_fid_network("tiny", None, CPU)
+
+    class OnUint8(torch.nn.Module):  # torchmetrics hands the module uint8 NCHW
+        num_features = 64
+
+        def forward(self, x):
+            return net(x.float())
+
+    real, fake = _images(21, 100, size=64), _images(22, 100, size=64, lo=20, hi=200)
+    tm = FrechetInceptionDistance(feature=OnUint8(), reset_real_features=False)
+    for imgs, is_real in ((real, True), (fake, False)):
+        for k in range(0, 100, 32):
+            tm.update(torch.from_numpy(imgs[k:k + 32]).permute(0, 3, 1, 2).contiguous(), real=is_real)
+    ours = fid.frechet_distance(_stats(fake, net, 32), _stats(real, net, 32))
+    assert ours == pytest.approx(float(tm.compute()), rel=1e-6)
+
+
+def test_fid_mode_guards(tmp_path, tiny):
+    with pytest.raises(ValueError, match="unknown FID mode 'legacy_pytorch'"):
+        load_fid_network("tiny", None, CPU, mode="legacy_pytorch")
+    imgs = _images(6, 40)
+    path = tmp_path / "ref.npz"
+    fid.make_reference_stats([imgs], [str(i) for i in range(40)], tiny, CPU, 32, path)
+    legacy = load_fid_network("tiny", None, CPU, mode="legacy_tensorflow")
+    with pytest.raises(ValueError, match="another fid_mode"):
+        fid.fid_from_batches([imgs], path, legacy, CPU, 32)

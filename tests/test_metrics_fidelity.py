@@ -22,7 +22,7 @@ def test_identical_images(lp):
     a = _images(0)
     fi = Fidelity(lp, batch_size=3)
     fi.update(a, a.copy())
-    assert fi.compute() == {"psnr": PSNR_CAP_DB, "lpips": 0.0, "n": 4}
+    assert fi.compute() == {"psnr": PSNR_CAP_DB, "ssim": 1.0, "lpips": 0.0, "n": 4}
 
 
 @pytest.mark.parametrize("offset", [1, 2, 5])
@@ -46,13 +46,33 @@ def test_streaming_mean_over_pairs(lp):
     assert s["n"] == w["n"] == 4
     assert s["psnr"] == pytest.approx(w["psnr"], rel=1e-12)
     assert s["lpips"] == pytest.approx(w["lpips"], rel=1e-5)
+    assert s["ssim"] == pytest.approx(w["ssim"], rel=1e-12)
+    assert -1 <= w["ssim"] < 0.5  # independent noise images are structurally unrelated
+
+
+def test_ssim_is_torchmetrics_and_tracks_damage():
+    """Per-pair SSIM equals torchmetrics' class metric on the same pair, and falls as noise grows."""
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+    from metrics.fidelity import ssim_per_pair
+
+    a = _images(8, n=1)
+    rng = np.random.default_rng(9)
+    got = []
+    for sd in (2, 10, 40):
+        b = np.clip(a + rng.normal(0, sd, a.shape), 0, 255).astype(np.uint8)
+        m = StructuralSimilarityIndexMeasure(data_range=255.0)
+        m.update(*(torch.from_numpy(v).permute(0, 3, 1, 2).double() for v in (a, b)))
+        got.append(float(ssim_per_pair(a, b)[0]))
+        assert got[-1] == pytest.approx(float(m.compute()), rel=1e-6)  # the class keeps float32 state
+    assert 1 > got[0] > got[1] > got[2]
 
 
 def test_psnr_only(lp):
     a = _images(4)
     fi = Fidelity(None)
     fi.update(a, a)
-    assert fi.compute() == {"psnr": PSNR_CAP_DB, "lpips": None, "n": 4}
+    assert fi.compute() == {"psnr": PSNR_CAP_DB, "ssim": 1.0, "lpips": None, "n": 4}
 
 
 def test_input_checks(lp):
