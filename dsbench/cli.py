@@ -184,6 +184,29 @@ def cmd_grid(args):
     print(sample_grid(rows, args.out))
 
 
+def cmd_prepare_coco(args):
+    from dsbench import datasets
+    from dsbench.conditions import DATASET_FILES
+
+    res_dir = Path(args.resources)
+    out = res_dir / Path(DATASET_FILES["coco30k"][0]).parent
+    rows = datasets.select_coco_captions(args.annotations, n=args.n, seed=args.seed)
+    old = out / "manifest.json"
+    if old.is_file() and not args.force:
+        from dsbench.io import read_json
+
+        prev = read_json(old)
+        if (prev["source"], prev["seed"], prev["n"]) != (str(args.annotations), args.seed, args.n):
+            raise FileExistsError(f"{out} holds a caption list prepared from {prev['source']} (seed {prev['seed']}, "
+                                  f"n {prev['n']}); pass --force to replace it and its reference images")
+    manifest = datasets.write_caption_list(rows, out, args.annotations, args.seed)
+    for res in args.res:
+        folder = res_dir / "reference" / f"coco2017_val_{res}"
+        n = datasets.write_reference_images(rows, args.images, res, folder)
+        print(f"{folder}: {n} images written ({len(rows) - n} already there)")
+    print(f"{out / datasets.COCO_LIST}: {manifest['n']} captions, sha256 {manifest['captions_sha256']}")
+
+
 def cmd_doctor(args):
     from dsbench.doctor import check, report
 
@@ -265,6 +288,15 @@ def parser() -> argparse.ArgumentParser:
                    help="the proxies: first a row of real renders of the samples' conditions")
     s.add_argument("--root", default="results")
     s.add_argument("--out", required=True)
+    s = verb("prepare-coco", cmd_prepare_coco, "the COCO-30k caption list (line i = sample i, with its SHA-256) "
+             "and its reference images, centre-cropped and resized, from local COCO files", model=False)
+    s.add_argument("--annotations", required=True, help="COCO captions JSON (e.g. captions_train2017.json)")
+    s.add_argument("--images", required=True, help="folder of that split's images")
+    s.add_argument("--n", type=int, default=30_000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--res", type=int, nargs="+", default=[256, 512], help="reference resolutions")
+    s.add_argument("--resources", default="resources")
+    s.add_argument("--force", action="store_true", help="replace a list prepared from other inputs")
     s = verb("doctor", cmd_doctor, "list the weights, datasets and statistics present and missing", model=False)
     s.add_argument("--strict", action="store_true", help="exit 1 when something is missing")
     return p

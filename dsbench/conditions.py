@@ -13,7 +13,10 @@ DATA = Path(__file__).resolve().parent / "data"
 DATASET_FILES = {
     "coco30k": ("datasets/coco30k/COCO_caption_prompts_30k.txt",
                 "one caption per line, 30,000 lines: the COCO caption list of the ToCa/PixArt FID-30k protocol "
-                "(see shared/reference/metrics-notes.md §4); place it at this path"),
+                "(see shared/reference/metrics-notes.md §4); build it with `dsbench prepare-coco` from the COCO "
+                "captions JSON, or place ToCa's file at this path"),
+    "partiprompts": ("datasets/partiprompts/PartiPrompts.tsv",
+                     "PartiPrompts.tsv, 1,632 prompts, from https://github.com/google-research/parti"),
 }
 
 
@@ -48,7 +51,17 @@ def load_conditions(dataset: str, num_samples: int, resources: str | Path) -> li
         raise ValueError(f"unknown dataset {dataset!r}")
     if not path.is_file():
         raise MissingDataError(f"dataset {dataset!r} is missing: {path} ({DATASET_FILES[dataset][1]})")
-    lines = [ln.rstrip("\n") for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if dataset == "partiprompts":  # sample i: prompt i mod 1,632, so 1,632 x k samples give k per prompt
+        from dsbench.datasets import load_partiprompts
+
+        prompts = load_partiprompts(path)
+        return [prompts[i % len(prompts)] for i in range(num_samples)]
+    if dataset == "coco30k":  # checked against the manifest prepare-coco wrote beside it, if any
+        from dsbench.datasets import verify_caption_list
+
+        lines = verify_caption_list(path)
+    else:
+        lines = [ln.rstrip("\n") for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if dataset == "coco30k" and len(lines) < num_samples:
         raise MissingDataError(f"{path} has {len(lines)} captions; {num_samples} samples need as many")
     return [lines[i % len(lines)] for i in range(num_samples)]  # tiny prompts cycle

@@ -58,6 +58,16 @@ def check_references(config: dict[str, Any]) -> None:
         if "none" not in model["methods"] or methods["none"]["method"] != "none":
             raise ConfigError(f"invalid config at models.{name}.methods: every model needs the variant 'none' "
                               "(method: none): speedup and fidelity are measured against it")
+        # Protocol sample counts hold where the numbers are meant to be the paper's: against real
+        # reference data (tiny runs use `heldout`, the proxies `shapes`), unless allow_partial says otherwise.
+        real_ref = model.get("reference", "heldout") not in ("heldout", "shapes")
+        if (real_ref or model["dataset"] == "partiprompts") and not model.get("allow_partial", False):
+            from dsbench.datasets import DatasetError, check_protocol_count
+
+            try:
+                check_protocol_count(model["dataset"], model["num_samples"])
+            except DatasetError as e:
+                raise ConfigError(f"invalid config at models.{name}.num_samples: {e}") from None
     for tname, table in config["tables"].items():
         if table["model"] not in config["models"]:
             raise ConfigError(f"invalid config at tables.{tname}.model: unknown model {table['model']!r}")
