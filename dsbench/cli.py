@@ -212,7 +212,7 @@ def cmd_doctor(args):
 
     rows = check(_config(args))
     print(report(rows))
-    return 1 if args.strict and not all(r["present"] for r in rows) else 0
+    return 0 if all(r["present"] for r in rows) else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -297,8 +297,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--res", type=int, nargs="+", default=[256, 512], help="reference resolutions")
     s.add_argument("--resources", default="resources")
     s.add_argument("--force", action="store_true", help="replace a list prepared from other inputs")
-    s = verb("doctor", cmd_doctor, "list the weights, datasets and statistics present and missing", model=False)
-    s.add_argument("--strict", action="store_true", help="exit 1 when something is missing")
+    verb("doctor", cmd_doctor, "list, table by table, the weights, datasets and reference files real runs need, "
+         "present or missing with how to get them; exit 1 while anything is missing", model=False)
     return p
 
 

@@ -1,4 +1,11 @@
-"""What real runs of the configured matrix need, what is present, and how to get what is missing."""
+"""What real runs need, table by table: every weight, dataset and reference file, present or missing,
+and how to get what is missing. `dsbench doctor` exits non-zero while anything is missing.
+
+Tables of the configured matrix are derived from the config (their model, its dataset and reference,
+the configured metric networks). The paper's Tables 3 (Wan2.1, VBench) and 9 (FLUX.1-schnell,
+ImageReward) have no model adapter here yet; their needs are listed from ``PAPER_ONLY_TABLES`` whenever
+the config runs real models, so a user preparing a cluster sees the whole list at once.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,67 +14,145 @@ from dsbench.conditions import DATASET_FILES, dataset_path
 
 CLIP_HINT = "hf download timm/vit_large_patch14_clip_224.openai open_clip_pytorch_model.bin && cp <that file> {path}"
 REFERENCE_HELP = {
-    "coco2017_val": "the COCO val2017 images of the caption list, center-cropped and resized (PIL bicubic) "
-                    "to {res}px, as PNG (http://images.cocodataset.org/zips/val2017.zip)",
+    "coco2017_val": "the images of the COCO-30k caption list, centre-cropped and resized (PIL bicubic) to {res}px: "
+                    "`dsbench prepare-coco` (or `snakemake prepare_coco`) from the local COCO captions JSON and images",
     "imagenet_train": "ImageNet train images center-cropped and resized to {res}px as PNG, the ADM reference "
                       "set (https://image-net.org)",
 }
+ADM_REF_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
+               "VIRTUAL_imagenet256_labeled.npz")
+TF_INCEPTION = ("weights-inception-2015-12-05-6726825d.pth",
+                "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                "weights-inception-2015-12-05-6726825d.pth")
+VBENCH_FILES = [  # under resources/weights/vbench (VBENCH_CACHE_DIR), the names vbench's init_submodules expects
+    "clip_model/ViT-B-32.pt", "clip_model/ViT-L-14.pt", "umt_model/l16_ptk710_ftk710_ftk400_f16_res224.pth",
+    "amt_model/amt-s.pth", "raft_model/models/raft-things.pth", "dino_model/dino_vitbase16_pretrain.pth",
+    "pyiqa_model/musiq_spaq_ckpt-358bb6af.pth", "grit_model/grit_b_densecap_objectdet.pth",
+    "caption_model/tag2text_swin_14m.pth", "ViCLIP/ViClip-InternVid-10M-FLT.pth",
+]
+VBENCH_HINT = ("the file vbench's utils.init_submodules would fetch for {name} (see its source for the URL), "
+               "placed under VBENCH_CACHE_DIR")
 
 
-def check(config: dict) -> list[dict]:
-    """Rows of (what, needed by, path or id, present, how to get it)."""
+def _row(what, needed_by, where, present, how) -> dict:
+    return dict(what=what, needed_by=needed_by, where=str(where), present=bool(present), how=how)
+
+
+def _model_rows(config: dict, name: str, label: str) -> list[dict]:
     from models import get_adapter
     from models.registry import get_preset
     from models.weights import fetch_hint, is_present
 
-    res_dir = Path(config["resources"])
-    rows = []
-    for name, m in config["models"].items():
-        if m["source"] == "real":
-            repos = [m["weights"]] if m.get("weights") else get_adapter(name).weight_repos()
-            for repo in repos:
-                rows.append(dict(what="weights", needed_by=name, where=repo, present=is_present(repo),
-                                 how=fetch_hint(repo)))
-        path = dataset_path(m["dataset"], res_dir)
-        if m["dataset"] in DATASET_FILES:
-            rows.append(dict(what="dataset", needed_by=name, where=str(path), present=path.is_file(),
-                             how=DATASET_FILES[m["dataset"]][1]))
-        if m["source"] == "proxy":
-            from models.proxy import ProxyWeightsError, proxy_dir, verified
+    m, res_dir, rows = config["models"][name], Path(config["resources"]), []
+    if m["source"] == "real":
+        repos = [m["weights"]] if m.get("weights") else get_adapter(name).weight_repos()
+        rows += [_row("weights", label, repo, is_present(repo), fetch_hint(repo)) for repo in repos]
+    path = dataset_path(m["dataset"], res_dir)
+    if m["dataset"] in DATASET_FILES:
+        rows.append(_row("dataset", label, path, path.is_file(), DATASET_FILES[m["dataset"]][1]))
+    if m["source"] == "proxy":
+        from models.proxy import ProxyWeightsError, proxy_dir, verified
 
-            folder = proxy_dir(get_preset(name).proxy, m.get("weights"))
-            try:
-                ok = bool(verified(folder))
-            except ProxyWeightsError:
-                ok = False
-            rows.append(dict(what="proxy weights", needed_by=name, where=str(folder), present=ok,
-                             how="git checkout the committed folder, or `snakemake --cores 2 train_proxies`"))
-        ref = m.get("reference", "heldout")
-        if ref not in ("heldout", "shapes"):
-            res = get_preset(name).resolution
-            folder = res_dir / "reference" / f"{ref}_{res}"
-            rows.append(dict(what="reference images", needed_by=name, where=str(folder),
-                             present=folder.is_dir() and any(folder.iterdir()),
-                             how=REFERENCE_HELP[ref].format(res=res)))
-    # The file names come from where they are loaded (metrics/networks.py, dsbench/evaluate.py).
+        folder = proxy_dir(get_preset(name).proxy, m.get("weights"))
+        try:
+            ok = bool(verified(folder))
+        except ProxyWeightsError:
+            ok = False
+        rows.append(_row("proxy weights", label, folder, ok,
+                         "git checkout the committed folder, or `snakemake --cores 2 train_proxies`"))
+    ref = m.get("reference", "heldout")
+    if ref not in ("heldout", "shapes"):
+        res = get_preset(name).resolution
+        folder = res_dir / "reference" / f"{ref}_{res}"
+        rows.append(_row("reference images", label, folder, folder.is_dir() and any(folder.iterdir()),
+                         REFERENCE_HELP[ref].format(res=res)))
+    if ref == "imagenet_train":  # Table 2's ADM suite: FID-50k, sFID, precision/recall
+        adm = res_dir / "reference" / "VIRTUAL_imagenet256_labeled.npz"
+        rows.append(_row("ADM reference batch", label, adm, adm.is_file(), f"curl -L -o {adm} {ADM_REF_URL}"))
+        tf = res_dir / "weights" / TF_INCEPTION[0]
+        rows.append(_row("ADM Inception", label, tf, tf.is_file(), f"curl -L -o {tf} {TF_INCEPTION[1]}"))
+    return rows
+
+
+def _metric_rows(config: dict, name: str, label: str) -> list[dict]:
     import torch.hub
 
-    from dsbench.evaluate import WEIGHT_FILES, weights_dir
-    from metrics.networks import ALEXNET_FILE, ALEXNET_URL, INCEPTION_FILE, INCEPTION_URL
+    from dsbench.evaluate import TOCA_CLIP_DIRS, WEIGHT_FILES, weights_dir
+    from metrics.networks import (ALEXNET_FILE, ALEXNET_URL, CLIP_TRANSFORMERS_REPO, INCEPTION_FILE,
+                                  INCEPTION_URL)
 
     m, wdir = config["metrics"], weights_dir(config)
-    needed = []
+    text = config["models"][name]["dataset"] not in ("imagenet_classes", "shapes_classes")
+    rows = []
     if m["fid_network"] == "inception":
         path = wdir / INCEPTION_FILE
-        needed.append(("fid_network weights", path, f"curl -L -o {path} {INCEPTION_URL}"))
-    if m["clip_network"] in WEIGHT_FILES:
+        rows.append(_row("FID Inception", label, path, path.is_file(), f"curl -L -o {path} {INCEPTION_URL}"))
+    mode = m.get("clip_mode", "correct")
+    if text and m["clip_network"] in WEIGHT_FILES and mode in ("correct", "both"):
         path = wdir / WEIGHT_FILES[m["clip_network"]]
-        needed.append(("clip_network weights", path, CLIP_HINT.format(path=path)))
+        rows.append(_row("CLIP (open_clip)", label, path, path.is_file(), CLIP_HINT.format(path=path)))
+    if text and m["clip_network"] in TOCA_CLIP_DIRS and mode in ("toca_compat", "both"):
+        path = wdir / TOCA_CLIP_DIRS[m["clip_network"]]
+        rows.append(_row("CLIP (transformers)", label, path, (path / "config.json").is_file(),
+                         f"hf download {CLIP_TRANSFORMERS_REPO} --local-dir {path}"))
     if m["lpips_network"] == "alex":
         path = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
-        needed.append(("LPIPS backbone", path, f"curl -L -o {path} {ALEXNET_URL}"))
-    rows += [dict(what=what, needed_by="metrics", where=str(path), present=path.is_file(), how=how)
-             for what, path, how in needed]
+        rows.append(_row("LPIPS backbone", label, path, path.is_file(), f"curl -L -o {path} {ALEXNET_URL}"))
+    return rows
+
+
+def _paper_only_rows(config: dict) -> list[dict]:
+    """Tables 3 and 9: their models, prompts, scorers and the scorers' own virtual environments."""
+    from models.weights import fetch_hint, is_present
+
+    res, wdir = Path(config["resources"]), Path(config["resources"]) / "weights"
+    envs = Path("envs")
+    rows = []
+    for label, repo in (("table3", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), ("table9", "black-forest-labs/FLUX.1-schnell")):
+        rows.append(_row("weights", label, repo, is_present(repo), fetch_hint(repo)))
+    full_info = res / "datasets" / "vbench" / "VBench_full_info.json"
+    rows.append(_row("dataset", "table3", full_info, full_info.is_file(),
+                     "vbench/VBench_full_info.json from https://github.com/Vchitect/VBench (946 prompts)"))
+    for name in VBENCH_FILES:
+        path = wdir / "vbench" / name
+        rows.append(_row("VBench model", "table3", path, path.is_file(), VBENCH_HINT.format(name=name)))
+    rows.append(_row("VBench environment", "table3", envs / ".venv-vbench", (envs / ".venv-vbench" / "bin" / "python").is_file(),
+                     "`snakemake --cores 2 vbench_env` (pinned envs/vbench.txt; detectron2 from source for 4 dimensions)"))
+    parti = dataset_path("partiprompts", res)
+    rows.append(_row("dataset", "table9", parti, parti.is_file(), DATASET_FILES["partiprompts"][1]))
+    for name in ("ImageReward.pt", "med_config.json"):
+        path = wdir / "imagereward" / name
+        rows.append(_row("ImageReward model", "table9", path, path.is_file(),
+                         f"hf download THUDM/ImageReward {name} --local-dir {path.parent}"))
+    rows.append(_row("weights", "table9", "bert-base-uncased", is_present("bert-base-uncased"),
+                     "hf download bert-base-uncased (ImageReward's BLIP tokenizer, from the HF cache)"))
+    rows.append(_row("ImageReward environment", "table9", envs / ".venv-imagereward",
+                     (envs / ".venv-imagereward" / "bin" / "python").is_file(),
+                     "`snakemake --cores 2 imagereward_env` (pinned envs/imagereward.txt)"))
+    return rows
+
+
+def check(config: dict) -> list[dict]:
+    """Rows (what, needed by, where, present, how to get it), one per file and table; the configured
+    tables' models first, then every model outside a table, then Tables 3 and 9 for real-model configs."""
+    rows, seen = [], set()
+
+    def add(new: list[dict]) -> None:
+        for r in new:
+            key = (r["what"], r["where"])
+            if key not in seen:  # a file two tables need is listed once, under the first
+                seen.add(key)
+                rows.append(r)
+
+    in_tables = set()
+    for tname, table in config["tables"].items():
+        in_tables.add(table["model"])
+        add(_model_rows(config, table["model"], tname) + _metric_rows(config, table["model"], tname))
+    for name in config["models"]:
+        if name not in in_tables:
+            add(_model_rows(config, name, name) + _metric_rows(config, name, name))
+    if any(m["source"] == "real" for m in config["models"].values()):
+        add(_paper_only_rows(config))
     return rows
 
 
@@ -75,7 +160,7 @@ def report(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         mark = "ok     " if r["present"] else "MISSING"
-        lines.append(f"[{mark}] {r['what']:<22} {r['needed_by']:<18} {r['where']}")
+        lines.append(f"[{mark}] {r['needed_by']:<8} {r['what']:<24} {r['where']}")
         if not r["present"]:
             lines.append(f"          get it: {r['how']}")
     missing = sum(not r["present"] for r in rows)
