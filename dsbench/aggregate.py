@@ -9,7 +9,7 @@ from dsbench.io import read_json, write_text
 
 TERA, GIGA = 1e12, 1e9
 # Scalars of a cell's metrics JSON (dsbench/evaluate.py) carried into the model's CSV; absent ones are empty.
-METRIC_KEYS = ("fid", "sfid", "precision", "recall", "clip", "clip_x100", "clip_toca", "align", "image_reward",
+METRIC_KEYS = ("fid", "sfid", "inception_score", "precision", "recall", "clip", "clip_x100", "clip_toca", "align", "image_reward",
                "psnr", "ssim", "lpips", "n_samples", "fid_n_ref")
 
 

@@ -19,11 +19,6 @@ REFERENCE_HELP = {
     "imagenet_train": "ImageNet train images center-cropped and resized to {res}px as PNG, the ADM reference "
                       "set (https://image-net.org)",
 }
-ADM_REF_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
-               "VIRTUAL_imagenet256_labeled.npz")
-TF_INCEPTION = ("weights-inception-2015-12-05-6726825d.pth",
-                "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-                "weights-inception-2015-12-05-6726825d.pth")
 VBENCH_FILES = [  # under resources/weights/vbench (VBENCH_CACHE_DIR), the names vbench's init_submodules expects
     "clip_model/ViT-B-32.pt", "clip_model/ViT-L-14.pt", "umt_model/l16_ptk710_ftk710_ftk400_f16_res224.pth",
     "amt_model/amt-s.pth", "raft_model/models/raft-things.pth", "dino_model/dino_vitbase16_pretrain.pth",
@@ -61,16 +56,18 @@ def _model_rows(config: dict, name: str, label: str) -> list[dict]:
         rows.append(_row("proxy weights", label, folder, ok,
                          "git checkout the committed folder, or `snakemake --cores 2 train_proxies`"))
     ref = m.get("reference", "heldout")
-    if ref not in ("heldout", "shapes"):
+    if ref not in ("heldout", "shapes", "imagenet_adm"):
         res = get_preset(name).resolution
         folder = res_dir / "reference" / f"{ref}_{res}"
         rows.append(_row("reference images", label, folder, folder.is_dir() and any(folder.iterdir()),
                          REFERENCE_HELP[ref].format(res=res)))
-    if ref == "imagenet_train":  # Table 2's ADM suite: FID-50k, sFID, precision/recall
-        adm = res_dir / "reference" / "VIRTUAL_imagenet256_labeled.npz"
-        rows.append(_row("ADM reference batch", label, adm, adm.is_file(), f"curl -L -o {adm} {ADM_REF_URL}"))
-        tf = res_dir / "weights" / TF_INCEPTION[0]
-        rows.append(_row("ADM Inception", label, tf, tf.is_file(), f"curl -L -o {tf} {TF_INCEPTION[1]}"))
+    if ref == "imagenet_adm":  # Table 2's ADM suite: FID-50k, sFID, precision/recall against ADM's batch
+        from metrics import adm
+
+        path = res_dir / "reference" / adm.REFERENCE_FILE
+        rows.append(_row("ADM reference batch", label, path, path.is_file(), f"curl -L -o {path} {adm.REFERENCE_URL}"))
+        path = res_dir / "weights" / adm.INCEPTION_FILE
+        rows.append(_row("ADM Inception", label, path, path.is_file(), f"curl -L -o {path} {adm.INCEPTION_URL}"))
     return rows
 
 

@@ -45,15 +45,16 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     if not reference.is_file():
         raise FileNotFoundError(f"reference statistics {reference} are missing; build them with "
                                 f"`dsbench reference --model {cell.model}` (or the workflow's reference rule)")
-    ref = FeatureStats.load(reference)
     from metrics.networks import load_lpips
     from metrics.shapes_classifier import load_shapes_classifier
 
     dev, m = _device(config), config["metrics"]
     text = cell.adapter.family != "dit" and m["clip_network"] != "none"
-    # Every network is loaded (a missing file is an error) before any feature work.
-    fid_net = _fid_network(config)
-    check_compatible(ref[3], res, fid_net)
+    # Every network and reference is loaded (a missing file is an error) before any feature work.
+    adm = _adm(cell) if cell.model_cfg.get("reference") == "imagenet_adm" else None
+    if adm is None:
+        ref, fid_net = FeatureStats.load(reference), _fid_network(config)
+        check_compatible(ref[3], res, fid_net)
     clip_scores = _clip_scores(m, weights_dir(config), dev) if text else {}
     lpips_net = load_lpips(m["lpips_network"], dev) if config["fidelity_samples"] else None
     align = None
@@ -65,11 +66,22 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
 
     n, shard = cell.num_samples, config["shard_size"]
     folder = Path(samples_root) / "samples" / cell.model / cell.method
-    stats = FeatureStats()
-    for f in image_features(iter_images(folder, n, shard), fid_net, dev, resolution=res):
-        stats.update(f)
-    out = {"model": cell.model, "method": cell.method, "n_samples": stats.n, "fid": frechet_distance(stats, ref),
-           "fid_n_ref": ref[2], "fid_network": fid_net.network_id}
+    out = {"model": cell.model, "method": cell.method}
+    if adm is not None:  # Table 2: ADM's suite against its reference batch (P/R reference features cached)
+        from metrics.adm import adm_metrics
+
+        adm_ref, extractor = adm
+        expected = None if cell.model_cfg.get("allow_partial") else n
+        r = adm_metrics(iter_images(folder, n, shard), adm_ref, extractor, dev, expected_n=expected,
+                        ref_cache=reference)
+        out |= {k: r[k] for k in ("fid", "sfid", "inception_score", "precision", "recall", "n_samples", "n_ref_pr")}
+        out |= {"fid_n_ref": "adm-stats", "fid_network": r["network_id"], "adm_reference": r["reference_id"]}
+    else:
+        stats = FeatureStats()
+        for f in image_features(iter_images(folder, n, shard), fid_net, dev, resolution=res):
+            stats.update(f)
+        out |= {"n_samples": stats.n, "fid": frechet_distance(stats, ref), "fid_n_ref": ref[2],
+                "fid_network": fid_net.network_id}
 
     if clip_scores or align:
         conds = cell.conditions()
@@ -98,6 +110,15 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     return out
 
 
+def _adm(cell: Cell):
+    """(ADM reference batch, ADM Inception) for Table 2, both checked before any feature work."""
+    from metrics.adm import REFERENCE_FILE, load_adm_extractor, load_adm_reference
+
+    ref = load_adm_reference(Path(cell.config["resources"]) / "reference" / REFERENCE_FILE,
+                             resolution=get_preset(cell.model).resolution)
+    return ref, load_adm_extractor(weights_dir(cell.config), _device(cell.config))
+
+
 def _clip_scores(m: dict, wdir: Path, dev) -> dict:
     """The configured CLIP modes' metrics, networks loaded (a missing weight is an error here)."""
     from metrics.clip_score import ClipScore, TocaCompatClipScore, check_mode
@@ -121,6 +142,12 @@ def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "res
 
     config, res = cell.config, get_preset(cell.model).resolution
     kind = cell.model_cfg.get("reference", "heldout")
+    if kind == "imagenet_adm":  # ADM's batch holds its own moments: cache the P/R reference features
+        from metrics.adm import reference_pool_features
+
+        ref, extractor = _adm(cell)
+        feats = reference_pool_features(ref, extractor, _device(config), cache_path=out)
+        return {"n": len(feats), "network_id": extractor.network_id}
     dev, fid_net = _device(config), _fid_network(config)
     if kind == "heldout":
         n = cell.model_cfg.get("reference_samples", cell.num_samples)
