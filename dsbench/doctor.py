@@ -19,16 +19,6 @@ REFERENCE_HELP = {
     "imagenet_train": "ImageNet train images center-cropped and resized to {res}px as PNG, the ADM reference "
                       "set (https://image-net.org)",
 }
-VBENCH_FILES = [  # under resources/weights/vbench (VBENCH_CACHE_DIR), the names vbench's init_submodules expects
-    "clip_model/ViT-B-32.pt", "clip_model/ViT-L-14.pt", "umt_model/l16_ptk710_ftk710_ftk400_f16_res224.pth",
-    "amt_model/amt-s.pth", "raft_model/models/raft-things.pth", "dino_model/dino_vitbase16_pretrain.pth",
-    "pyiqa_model/musiq_spaq_ckpt-358bb6af.pth", "grit_model/grit_b_densecap_objectdet.pth",
-    "caption_model/tag2text_swin_14m.pth", "ViCLIP/ViClip-InternVid-10M-FLT.pth",
-]
-VBENCH_HINT = ("the file vbench's utils.init_submodules would fetch for {name} (see its source for the URL), "
-               "placed under VBENCH_CACHE_DIR")
-
-
 def _row(what, needed_by, where, present, how) -> dict:
     return dict(what=what, needed_by=needed_by, where=str(where), present=bool(present), how=how)
 
@@ -99,33 +89,26 @@ def _metric_rows(config: dict, name: str, label: str) -> list[dict]:
 
 
 def _paper_only_rows(config: dict) -> list[dict]:
-    """Tables 3 and 9: their models, prompts, scorers and the scorers' own virtual environments."""
+    """Tables 3 and 9: their models, prompts, scorers' files and the scorers' own virtual environments."""
+    from metrics import external, imagereward, vbench
     from models.weights import fetch_hint, is_present
 
     res, wdir = Path(config["resources"]), Path(config["resources"]) / "weights"
-    envs = Path("envs")
     rows = []
     for label, repo in (("table3", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), ("table9", "black-forest-labs/FLUX.1-schnell")):
         rows.append(_row("weights", label, repo, is_present(repo), fetch_hint(repo)))
     full_info = res / "datasets" / "vbench" / "VBench_full_info.json"
-    rows.append(_row("dataset", "table3", full_info, full_info.is_file(),
-                     "vbench/VBench_full_info.json from https://github.com/Vchitect/VBench (946 prompts)"))
-    for name in VBENCH_FILES:
-        path = wdir / "vbench" / name
-        rows.append(_row("VBench model", "table3", path, path.is_file(), VBENCH_HINT.format(name=name)))
-    rows.append(_row("VBench environment", "table3", envs / ".venv-vbench", (envs / ".venv-vbench" / "bin" / "python").is_file(),
-                     "`snakemake --cores 2 vbench_env` (pinned envs/vbench.txt; detectron2 from source for 4 dimensions)"))
+    rows.append(_row("dataset", "table3", full_info, full_info.is_file(), vbench.FULL_INFO_HINT))
+    rows += [_row("VBench model", "table3", p, p.exists(), how)
+             for p, how in vbench.required_files(None, wdir / "vbench")]
     parti = dataset_path("partiprompts", res)
     rows.append(_row("dataset", "table9", parti, parti.is_file(), DATASET_FILES["partiprompts"][1]))
-    for name in ("ImageReward.pt", "med_config.json"):
-        path = wdir / "imagereward" / name
-        rows.append(_row("ImageReward model", "table9", path, path.is_file(),
-                         f"hf download THUDM/ImageReward {name} --local-dir {path.parent}"))
-    rows.append(_row("weights", "table9", "bert-base-uncased", is_present("bert-base-uncased"),
-                     "hf download bert-base-uncased (ImageReward's BLIP tokenizer, from the HF cache)"))
-    rows.append(_row("ImageReward environment", "table9", envs / ".venv-imagereward",
-                     (envs / ".venv-imagereward" / "bin" / "python").is_file(),
-                     "`snakemake --cores 2 imagereward_env` (pinned envs/imagereward.txt)"))
+    rows += [_row("ImageReward model", "table9", p, p.exists(), how)
+             for p, how in imagereward.required_files(wdir / "imagereward")]
+    for label, name in (("table3", "vbench"), ("table9", "imagereward")):
+        d = external.env_dir(name, "envs")  # relative, as workflow/rules/envs.smk builds it
+        rows.append(_row(f"{name} environment", label, d, (d / external.MARKER).is_file(),
+                         external.build_hint(name, "envs")))
     return rows
 
 
@@ -136,7 +119,7 @@ def check(config: dict) -> list[dict]:
 
     def add(new: list[dict]) -> None:
         for r in new:
-            key = (r["what"], r["where"])
+            key = r["where"]
             if key not in seen:  # a file two tables need is listed once, under the first
                 seen.add(key)
                 rows.append(r)

@@ -56,6 +56,8 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         ref, fid_net = FeatureStats.load(reference), _fid_network(config)
         check_compatible(ref[3], res, fid_net)
     clip_scores = _clip_scores(m, weights_dir(config), dev) if text else {}
+    reward = _image_reward(config, cell.num_samples, dev) if m.get("image_reward") and cell.adapter.family != "dit" \
+        else None
     lpips_net = load_lpips(m["lpips_network"], dev) if config["fidelity_samples"] else None
     align = None
     if m.get("alignment", "none") == "shapes":
@@ -83,11 +85,11 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         out |= {"n_samples": stats.n, "fid": frechet_distance(stats, ref), "fid_n_ref": ref[2],
                 "fid_network": fid_net.network_id}
 
-    if clip_scores or align:
+    if clip_scores or align or reward:
         conds = cell.conditions()
         for k, rng in enumerate(shard_ranges(n, shard)):
             images, batch_conds = read_shard(shard_path(folder, k), rng).images, [conds[i] for i in rng]
-            for metric in (*clip_scores.values(), align):
+            for metric in (*clip_scores.values(), align, reward):
                 if metric is not None:
                     metric.update(images, batch_conds)
         if "correct" in clip_scores:
@@ -97,6 +99,9 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
             out |= {"clip_toca": clip_scores["toca_compat"].compute()}
         if align:
             out |= {"align": align.compute()}
+        if reward:  # through its own environment (metrics/external.py)
+            r = reward.compute()
+            out |= {"image_reward": r["image_reward"], "image_reward_backend": r["backend"]}
 
     k = min(config["fidelity_samples"], n)
     if k:
@@ -117,6 +122,20 @@ def _adm(cell: Cell):
     ref = load_adm_reference(Path(cell.config["resources"]) / "reference" / REFERENCE_FILE,
                              resolution=get_preset(cell.model).resolution)
     return ref, load_adm_extractor(weights_dir(cell.config), _device(cell.config))
+
+
+def _image_reward(config: dict, n: int, dev) -> "ImageRewardScore":
+    """ImageReward (Table 9), files and environment checked now; ``python: current`` runs the worker
+    with this interpreter (the fake backend is stdlib-only: smoke runs)."""
+    import sys
+
+    from metrics.external import env_python
+    from metrics.imagereward import ImageRewardScore
+
+    cfg = config["metrics"]["image_reward"]
+    python = sys.executable if cfg.get("python") == "current" else cfg.get("python") or env_python("imagereward", "envs")
+    return ImageRewardScore(backend=cfg.get("backend", "real"), weights_dir=weights_dir(config) / "imagereward",
+                            device=str(dev), expected_n=n, python=python)
 
 
 def _clip_scores(m: dict, wdir: Path, dev) -> dict:

@@ -232,3 +232,19 @@ def test_smoke_trains_a_diffsparse_schedule_and_the_table_uses_it(smoke_run, mod
     assert float(rows["diffsparse_r43"]["macs_c1_G"]) < 0.8 * float(rows["none"]["macs_c1_G"])
     table = _rows(smoke_run / "results" / "tables" / f"{[t for t, m in TABLES.items() if m == model][0]}.csv")
     assert "diffsparse_r43" in table
+
+
+def test_smoke_runs_every_metric(smoke_run):
+    """CLIP (both modes, tiny CLIP) and ImageReward (fake backend, through its worker subprocess) on the
+    text-conditioned proxy, SSIM on both; the class-conditional proxy gets no text metric."""
+    import math
+
+    pixart, dit = (_rows(smoke_run / "results" / f"{m}.csv") for m in ("proxy_pixart", "proxy_dit"))
+    for method, row in pixart.items():
+        for col in ("fid", "align", "clip", "clip_x100", "clip_toca", "image_reward", "psnr", "ssim", "lpips"):
+            assert math.isfinite(float(row[col])), f"proxy_pixart/{method}: {col} = {row[col]!r}"
+        assert float(row["clip_x100"]) == pytest.approx(100 * float(row["clip"]))
+        assert -2 <= float(row["image_reward"]) < 2                        # the fake backend's range
+    assert float(pixart["none"]["ssim"]) == 1.0 and float(dit["none"]["ssim"]) == 1.0
+    assert all(float(r["ssim"]) < 1.0 for m, r in dit.items() if m != "none")
+    assert all(r["clip"] == "" and r["image_reward"] == "" for r in dit.values())
