@@ -124,7 +124,7 @@ def _adm(cell: Cell):
     return ref, load_adm_extractor(weights_dir(cell.config), _device(cell.config))
 
 
-def _image_reward(config: dict, n: int, dev) -> "ImageRewardScore":
+def _image_reward(config: dict, n: int, dev):
     """ImageReward (Table 9), files and environment checked now; ``python: current`` runs the worker
     with this interpreter (the fake backend is stdlib-only: smoke runs)."""
     import sys

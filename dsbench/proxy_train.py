@@ -11,7 +11,6 @@ SHA-256, the settings and the command that reproduces them, and loss.csv.
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -194,7 +194,6 @@ class AdmReference:
     def images(self, batch_size: int = 500) -> Iterator[np.ndarray]:
         """Stream ``arr_0`` in uint8 (B,H,W,3) batches: the 10k images are 2 GB, never loaded at once."""
         shape = (self.resolution, self.resolution, 3)
-        per_image = int(np.prod(shape))
         with zipfile.ZipFile(self.path) as zf, zf.open("arr_0.npy") as fh:
             _npy_header(fh)
             for start in range(0, self.n_images, batch_size):
