@@ -56,8 +56,8 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         ref, fid_net = FeatureStats.load(reference), _fid_network(config)
         check_compatible(ref[3], res, fid_net)
     clip_scores = _clip_scores(m, weights_dir(config), dev) if text else {}
-    reward = _image_reward(config, cell.num_samples, dev) if m.get("image_reward") and cell.adapter.family != "dit" \
-        else None
+    reward = _image_reward(config, cell.num_samples if cell.model_cfg["dataset"] == "partiprompts" else None, dev) \
+        if m.get("image_reward") and cell.adapter.family != "dit" else None
     lpips_net = load_lpips(m["lpips_network"], dev) if config["fidelity_samples"] else None
     align = None
     if m.get("alignment", "none") == "shapes":
@@ -124,9 +124,10 @@ def _adm(cell: Cell):
     return ref, load_adm_extractor(weights_dir(cell.config), _device(cell.config))
 
 
-def _image_reward(config: dict, n: int, dev):
-    """ImageReward (Table 9), files and environment checked now; ``python: current`` runs the worker
-    with this interpreter (the fake backend is stdlib-only: smoke runs)."""
+def _image_reward(config: dict, n: int | None, dev):
+    """ImageReward (Table 9), files and environment checked now; ``n``: PartiPrompts' exact count, each
+    prompt equally often (None elsewhere). ``python: current`` runs the worker with this interpreter (the
+    fake backend is stdlib-only: smoke runs)."""
     import sys
 
     from metrics.external import env_python
