@@ -7,10 +7,11 @@ separate samples (images are keyed by index, never by text).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import random
 from pathlib import Path
+
+from dsbench.io import sha256_file
 
 PARTIPROMPTS_COUNT = 1632
 PARTIPROMPTS_URL = "https://github.com/google-research/parti/blob/main/PartiPrompts.tsv"
@@ -22,14 +23,6 @@ PROTOCOL_SAMPLES = {"coco30k": COCO_COUNT, "imagenet_classes": 50_000}
 
 class DatasetError(ValueError):
     pass
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_partiprompts(path: str | Path) -> list[str]:

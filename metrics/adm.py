@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from metrics.fid import FeatureStats, _check_images, frechet_distance
+from metrics.fid import FeatureStats, frechet_distance
+from metrics.images import rebatch
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -104,7 +105,7 @@ def load_adm_extractor(weights_dir: str | Path | None, device: str | torch.devic
 
 
 def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
-    """Write a seeded random-weight state dict of the same architecture (offline tests, smoke runs)."""
+    """Write a seeded random-weight state dict of the same architecture (offline tests)."""
     from dsbench.io import atomic_path
     from models.base import seeded
 
@@ -127,27 +128,10 @@ def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
     return Path(path)
 
 
-def _rebatch(batches: Iterable[np.ndarray], size: int, resolution: int | None) -> Iterator[np.ndarray]:
-    """Checked uint8 (N,H,W,3) batches re-cut to ``size`` images (the last one may be smaller)."""
-    pending, n = [], 0
-    for batch in batches:
-        _check_images(batch, resolution)
-        while len(batch):
-            take = batch[: size - n]
-            pending.append(take)
-            n += len(take)
-            batch = batch[len(take):]
-            if n == size:
-                yield np.concatenate(pending) if len(pending) > 1 else pending[0]
-                pending, n = [], 0
-    if n:
-        yield np.concatenate(pending)
-
-
 def adm_features(batches: Iterable[np.ndarray], extractor: AdmInception, device: str | torch.device,
                  batch_size: int = 100, resolution: int | None = None) -> Iterator[AdmFeatures]:
     """Yield ADM features for uint8 (N,H,W,3) RGB batches; the network resizes to 299 itself (TF1 bilinear)."""
-    for chunk in _rebatch(batches, batch_size, resolution):
+    for chunk in rebatch(batches, batch_size, resolution):
         chunk = np.ascontiguousarray(chunk) if chunk.flags.writeable else chunk.copy()  # from_numpy wants writable
         x = torch.from_numpy(chunk).to(device).permute(0, 3, 1, 2)  # uint8 NCHW
         with torch.no_grad():

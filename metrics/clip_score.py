@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from metrics.images import check_uint8_rgb
+
 MODES = ("correct", "toca_compat")
 
 
@@ -28,16 +30,6 @@ def _check_pairs(images, captions) -> None:
     if isinstance(captions, str) or len(captions) != len(images):
         raise ValueError(f"need one caption per image: {len(images)} images, "
                          f"{1 if isinstance(captions, str) else len(captions)} captions")
-
-
-def _check_uint8(images) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        # float [0,1] input is what made ToCa's CLIP numbers artefactual (rescaled twice
-        # -> near-black images); only uint8 [0,255] is accepted.
-        raise TypeError(f"CLIP images must be a uint8 numpy array in [0,255], "
-                        f"got {getattr(images, 'dtype', type(images))}")
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be (N,H,W,3) RGB, got shape {images.shape}")
 
 
 class ClipScore:
@@ -62,7 +54,7 @@ class ClipScore:
 
     def image_embeddings(self, images: np.ndarray) -> torch.Tensor:
         """L2-normalised (N, D) embeddings of uint8 (N,H,W,3) RGB images."""
-        _check_uint8(images)
+        check_uint8_rgb(images, "CLIP images")
         x = torch.stack([self.bundle.preprocess(Image.fromarray(im)) for im in images])
         with torch.no_grad():
             e = self.bundle.model.encode_image(x.to(self.device)).float()
@@ -113,7 +105,7 @@ class TocaCompatClipScore:
         return int(self.metric.n_samples)
 
     def update(self, images: np.ndarray, captions: Sequence[str]) -> None:
-        _check_uint8(images)
+        check_uint8_rgb(images, "CLIP images")
         _check_pairs(images, captions)
         if len(captions) == 0:
             return

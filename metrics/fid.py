@@ -16,6 +16,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from metrics.images import rebatch
+
 
 class FeatureStats:
     """Running mean/covariance of (N, D) feature batches."""
@@ -73,17 +75,6 @@ class FeatureStats:
             return z["mu"], z["sigma"], int(z["n"]), json.loads(str(z["meta"]))
 
 
-def _check_images(x: np.ndarray, resolution: int | None) -> None:
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
-        raise TypeError(f"images must be a uint8 numpy array in [0,255], got {getattr(x, 'dtype', type(x))}")
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"images must be (N,H,W,3) RGB, got shape {x.shape}")
-    if x.shape[1] != x.shape[2]:
-        raise ValueError(f"images must be square, got {x.shape[1]}x{x.shape[2]}")
-    if resolution is not None and x.shape[1] != resolution:
-        raise ValueError(f"images are {x.shape[1]}px but the configured resolution is {resolution}px")
-
-
 def image_features(batches: Iterable[np.ndarray], network, device, batch_size: int = 64,
                    resolution: int | None = None) -> Iterator[np.ndarray]:
     """Yield (B, D) features for uint8 (N,H,W,3) batches, re-batched to ``batch_size``."""
@@ -106,16 +97,8 @@ def image_features(batches: Iterable[np.ndarray], network, device, batch_size: i
             raise ValueError("network produced non-finite features")
         return f
 
-    pending: list[np.ndarray] = []
-    for batch in batches:
-        _check_images(batch, resolution)
-        for img in batch:
-            pending.append(resize(img))
-            if len(pending) == batch_size:
-                yield run(pending)
-                pending = []
-    if pending:
-        yield run(pending)
+    for chunk in rebatch(batches, batch_size, resolution):
+        yield run([resize(img) for img in chunk])
 
 
 def _moments(stats) -> tuple[np.ndarray, np.ndarray, int]:

@@ -10,14 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from metrics.images import check_uint8_rgb
+
 PSNR_CAP_DB = 100.0
-
-
-def _check(x: np.ndarray, name: str) -> None:
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
-        raise TypeError(f"{name} must be a uint8 numpy array, got {getattr(x, 'dtype', type(x))}")
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"{name} must be (N,H,W,3) RGB, got shape {x.shape}")
 
 
 def psnr_per_pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -59,8 +54,8 @@ class Fidelity:
         self.n, self._psnr, self._ssim, self._lpips = 0, 0.0, 0.0, 0.0
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
-        _check(a, "a")
-        _check(b, "b")
+        check_uint8_rgb(a, "a")
+        check_uint8_rgb(b, "b")
         if a.shape != b.shape:
             raise ValueError(f"paired images must have the same shape: {a.shape} vs {b.shape}")
         self._psnr += float(psnr_per_pair(a, b).sum())

@@ -21,6 +21,7 @@ from PIL import Image
 from dsbench.datasets import PARTIPROMPTS_COUNT
 from dsbench.io import atomic_path
 from metrics.external import run_worker
+from metrics.images import check_uint8_rgb
 
 HF_REPO = "THUDM/ImageReward"
 WEIGHT_FILES = ("ImageReward.pt", "med_config.json")
@@ -96,11 +97,7 @@ class ImageRewardScore:
         return len(self.items)
 
     def update(self, images: np.ndarray, prompts: Sequence[str]) -> None:
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-            raise TypeError(f"ImageReward images must be a uint8 numpy array in [0,255], "
-                            f"got {getattr(images, 'dtype', type(images))}")
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be (N,H,W,3) RGB, got shape {images.shape}")
+        check_uint8_rgb(images, "ImageReward images")
         if isinstance(prompts, str) or len(prompts) != len(images):
             raise ValueError(f"need one prompt per image: {len(images)} images, "
                              f"{1 if isinstance(prompts, str) else len(prompts)} prompts")

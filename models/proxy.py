@@ -8,9 +8,10 @@ SHA-256 of every weight file and the command that reproduces them; loading check
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from dsbench.io import sha256_file
 
 PROXY_ROOT = Path(__file__).resolve().parent / "proxies"
 PROVENANCE = "provenance.json"
@@ -20,17 +21,9 @@ class ProxyWeightsError(ValueError):
     pass
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def weight_hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of every safetensors file under `folder`, keyed by relative path."""
-    return {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*.safetensors"))}
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*.safetensors"))}
 
 
 def proxy_dir(name: str, override: str | Path | None = None) -> Path:
