@@ -16,6 +16,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+# Reference kinds whose data this harness generates itself (nothing under resources/): the unaccelerated
+# model on held-out seeds, and the proxies' procedural shapes (as FID statistics or as an ADM-format batch).
+GENERATED_REFERENCES = ("heldout", "shapes", "shapes_adm")
 
 
 class ConfigError(ValueError):
@@ -60,7 +63,7 @@ def check_references(config: dict[str, Any]) -> None:
                               "(method: none): speedup and fidelity are measured against it")
         # Protocol sample counts hold where the numbers are meant to be the paper's: against real
         # reference data (tiny runs use `heldout`, the proxies `shapes`), unless allow_partial says otherwise.
-        real_ref = model.get("reference", "heldout") not in ("heldout", "shapes")
+        real_ref = model.get("reference", "heldout") not in GENERATED_REFERENCES
         if (real_ref or model["dataset"] == "partiprompts") and not model.get("allow_partial", False):
             from dsbench.datasets import DatasetError, check_protocol_count
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dsbench.conditions import DATASET_FILES, dataset_path
+from dsbench.config import GENERATED_REFERENCES
 
 CLIP_HINT = "hf download timm/vit_large_patch14_clip_224.openai open_clip_pytorch_model.bin && cp <that file> {path}"
 REFERENCE_HELP = {
@@ -46,7 +47,7 @@ def _model_rows(config: dict, name: str, label: str) -> list[dict]:
         rows.append(_row("proxy weights", label, folder, ok,
                          "git checkout the committed folder, or `snakemake --cores 2 train_proxies`"))
     ref = m.get("reference", "heldout")
-    if ref not in ("heldout", "shapes", "imagenet_adm"):
+    if ref not in (*GENERATED_REFERENCES, "imagenet_adm"):
         res = get_preset(name).resolution
         folder = res_dir / "reference" / f"{ref}_{res}"
         rows.append(_row("reference images", label, folder, folder.is_dir() and any(folder.iterdir()),

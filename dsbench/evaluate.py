@@ -13,6 +13,7 @@ from models.registry import get_preset
 WEIGHT_FILES = {  # network name -> file under resources/weights
     "ViT-L-14-quickgelu": "open_clip_vit_l14_openai.bin",
 }
+ADM_REFERENCES = ("imagenet_adm", "shapes_adm")  # reference kinds scored by the ADM suite (metrics/adm.py)
 TOCA_CLIP_DIRS = {  # network name -> folder under resources/weights (toca_compat, transformers format)
     "ViT-L-14-quickgelu": "clip-vit-large-patch14",
 }
@@ -51,7 +52,7 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     dev, m = _device(config), config["metrics"]
     text = cell.adapter.family != "dit" and m["clip_network"] != "none"
     # Every network and reference is loaded (a missing file is an error) before any feature work.
-    adm = _adm(cell) if cell.model_cfg.get("reference") == "imagenet_adm" else None
+    adm = _adm(cell, reference) if cell.model_cfg.get("reference") in ADM_REFERENCES else None
     if adm is None:
         ref, fid_net = FeatureStats.load(reference), _fid_network(config)
         check_compatible(ref[3], res, fid_net)
@@ -73,11 +74,13 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         from metrics.adm import adm_metrics
 
         adm_ref, extractor = adm
+        own = adm_ref.path == reference  # shapes_adm: the batch itself (small), no P/R feature cache
         expected = None if cell.model_cfg.get("allow_partial") else n
         r = adm_metrics(iter_images(folder, n, shard), adm_ref, extractor, dev, expected_n=expected,
-                        ref_cache=reference)
+                        ref_cache=None if own else reference)
         out |= {k: r[k] for k in ("fid", "sfid", "inception_score", "precision", "recall", "n_samples", "n_ref_pr")}
-        out |= {"fid_n_ref": "adm-stats", "fid_network": r["network_id"], "adm_reference": r["reference_id"]}
+        out |= {"fid_n_ref": adm_ref.n_stats if own else "adm-stats", "fid_network": r["network_id"],
+                "adm_reference": r["reference_id"]}
     else:
         stats = FeatureStats()
         for f in image_features(iter_images(folder, n, shard), fid_net, dev, resolution=res):
@@ -115,13 +118,33 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     return out
 
 
-def _adm(cell: Cell):
-    """(ADM reference batch, ADM Inception) for Table 2, both checked before any feature work."""
-    from metrics.adm import REFERENCE_FILE, load_adm_extractor, load_adm_reference
+def _adm_extractor(cell: Cell):
+    """ADM's Inception (imagenet_adm), or the shapes classifier in its contract (shapes_adm)."""
+    from metrics.adm import load_adm_extractor
 
-    ref = load_adm_reference(Path(cell.config["resources"]) / "reference" / REFERENCE_FILE,
-                             resolution=get_preset(cell.model).resolution)
-    return ref, load_adm_extractor(weights_dir(cell.config), _device(cell.config))
+    dev = _device(cell.config)
+    if cell.model_cfg.get("reference") == "shapes_adm":
+        from metrics.shapes_classifier import ShapesAdmExtractor, load_shapes_classifier
+        from models.proxy import proxy_dir
+
+        return ShapesAdmExtractor(load_shapes_classifier(proxy_dir("shapes_classifier"), dev)).to(dev).eval()
+    return load_adm_extractor(weights_dir(cell.config), dev)
+
+
+def _adm(cell: Cell, reference: Path):
+    """(ADM reference batch, extractor) for Table 2, both checked before any feature work. imagenet_adm:
+    ADM's file under resources/ (``reference`` caches its P/R features); shapes_adm: ``reference`` itself."""
+    from metrics.adm import INCEPTION_DIMS, REFERENCE_FILE, check_reference_network, load_adm_reference
+    from metrics.shapes_classifier import ShapesAdmExtractor
+
+    if cell.model_cfg.get("reference") == "shapes_adm":
+        path, dims = reference, ShapesAdmExtractor.dims
+    else:
+        path, dims = Path(cell.config["resources"]) / "reference" / REFERENCE_FILE, INCEPTION_DIMS
+    ref = load_adm_reference(path, resolution=get_preset(cell.model).resolution, dims=dims)
+    extractor = _adm_extractor(cell)
+    check_reference_network(ref, extractor)
+    return ref, extractor
 
 
 def _image_reward(config: dict, n: int | None, dev):
@@ -165,9 +188,16 @@ def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "res
     if kind == "imagenet_adm":  # ADM's batch holds its own moments: cache the P/R reference features
         from metrics.adm import reference_pool_features
 
-        ref, extractor = _adm(cell)
+        ref, extractor = _adm(cell, Path(out))
         feats = reference_pool_features(ref, extractor, _device(config), cache_path=out)
         return {"n": len(feats), "network_id": extractor.network_id}
+    if kind == "shapes_adm":  # our own ADM-format batch: renders + the shapes extractor's moments
+        from metrics.adm import write_adm_reference
+
+        extractor = _adm_extractor(cell)
+        ref = write_adm_reference(out, _shapes_batches(cell.model_cfg.get("reference_samples", 2000), res),
+                                  extractor, _device(config))
+        return {"n": ref.n_images, "network_id": extractor.network_id}
     dev, fid_net = _device(config), _fid_network(config)
     if kind == "heldout":
         n = cell.model_cfg.get("reference_samples", cell.num_samples)
@@ -182,11 +212,10 @@ def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "res
         names = [f"heldout:{sample_seed(config['seed'] + 1, i)}" for i in range(n)]
     elif kind == "shapes":  # the proxies' real data: fresh renders, none of them a training image
         from dsbench.conditions import SHAPES_REFERENCE_SEED
-        from dsbench.shapes import make_shapes
 
-        n, seed = cell.model_cfg.get("reference_samples", 2000), SHAPES_REFERENCE_SEED
-        batches = (make_shapes(min(256, n - i), seed=seed, size=res, start=i)[0] for i in range(0, n, 256))
-        names = [f"shapes:{seed}:{i}" for i in range(n)]
+        n = cell.model_cfg.get("reference_samples", 2000)
+        batches = _shapes_batches(n, res)
+        names = [f"shapes:{SHAPES_REFERENCE_SEED}:{i}" for i in range(n)]
     else:
         folder = Path(config["resources"]) / "reference" / f"{kind}_{res}"
         files = sorted(itertools.chain(folder.glob("*.png"), folder.glob("*.jpg"), folder.glob("*.JPEG")))
@@ -197,6 +226,14 @@ def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "res
         batches = (_load_images(files[i:i + 64]) for i in range(0, len(files), 64))
         names = [f.name for f in files]
     return make_reference_stats(batches, names, fid_net, dev, res, out)
+
+
+def _shapes_batches(n: int, res: int):
+    """The proxies' reference data: n fresh renders (none of them a training image), in batches of 256."""
+    from dsbench.conditions import SHAPES_REFERENCE_SEED
+    from dsbench.shapes import make_shapes
+
+    return (make_shapes(min(256, n - i), seed=SHAPES_REFERENCE_SEED, size=res, start=i)[0] for i in range(0, n, 256))
 
 
 def _load_images(files) -> np.ndarray:

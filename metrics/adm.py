@@ -11,6 +11,12 @@ resize to 299), which agrees with the TF evaluator to about 0.1% (reference/metr
   clamp_to_percentile=None)``, against the pool features of the npz's 10,000 images (``arr_0``);
 - IS: softmax of the unbiased logits, 10 splits of 5000 in order (no shuffle, unlike torch-fidelity).
 
+The suite is written against a small extractor contract, not Inception itself: any module with
+``network_id``, ``dims = (pool, spatial, logits)`` and ``forward(uint8 NCHW) -> (pool, spatial, logits)``.
+The proxies' shapes classifier implements it too (metrics/shapes_classifier.ShapesAdmExtractor), with a
+reference batch of our own in ADM's npz format (``write_adm_reference``), so the smoke DAG runs this
+exact code path on the DiT proxy.
+
 Moments stream through ``metrics.fid.FeatureStats``. Precision/recall need every sample's pool feature at
 once: 50,000 x 2048 float32 = 400 MB of host memory (plus the same on the device while P/R runs).
 Nothing here downloads; missing files raise FileNotFoundError naming the file and a curl command.
@@ -45,8 +51,11 @@ ADM_N = 50_000           # 50 samples per class x 1000 classes
 # The ADM npz stores no sample count; its stats cover the ImageNet-1k train set. frechet_distance uses n only
 # for its "n <= dim" warning, so this value only has to be honest about the order of magnitude.
 IMAGENET_TRAIN_N = 1_281_167
-_STAT_KEYS = {"mu": (POOL_DIM,), "sigma": (POOL_DIM, POOL_DIM),
-              "mu_s": (SPATIAL_DIM,), "sigma_s": (SPATIAL_DIM, SPATIAL_DIM)}
+INCEPTION_DIMS = (POOL_DIM, SPATIAL_DIM, LOGITS_DIM)
+
+
+def _stat_shapes(pool: int, spatial: int) -> dict[str, tuple[int, ...]]:
+    return {"mu": (pool,), "sigma": (pool, pool), "mu_s": (spatial,), "sigma_s": (spatial, spatial)}
 
 
 # ----------------------------------------------------------------------------- network
@@ -60,6 +69,8 @@ class AdmFeatures(NamedTuple):
 
 class AdmInception(nn.Module):
     """torch-fidelity's TF-compatible InceptionV3 returning ADM's three feature sets; input uint8 NCHW RGB."""
+
+    dims = INCEPTION_DIMS
 
     def __init__(self, net: nn.Module, network_id: str) -> None:
         super().__init__()
@@ -130,13 +141,13 @@ def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
 
 def adm_features(batches: Iterable[np.ndarray], extractor: AdmInception, device: str | torch.device,
                  batch_size: int = 100, resolution: int | None = None) -> Iterator[AdmFeatures]:
-    """Yield ADM features for uint8 (N,H,W,3) RGB batches; the network resizes to 299 itself (TF1 bilinear)."""
+    """Yield ADM features for uint8 (N,H,W,3) RGB batches (Inception resizes to 299 itself, TF1 bilinear)."""
     for chunk in rebatch(batches, batch_size, resolution):
         chunk = np.ascontiguousarray(chunk) if chunk.flags.writeable else chunk.copy()  # from_numpy wants writable
         x = torch.from_numpy(chunk).to(device).permute(0, 3, 1, 2)  # uint8 NCHW
         with torch.no_grad():
             out = AdmFeatures(*(t.cpu().numpy() for t in extractor(x)))
-        for name, f, d in zip(out._fields, out, (POOL_DIM, SPATIAL_DIM, LOGITS_DIM)):
+        for name, f, d in zip(out._fields, out, extractor.dims):
             if f.shape != (len(chunk), d):
                 raise ValueError(f"{name} features have shape {f.shape}, expected ({len(chunk)}, {d})")
             if not np.isfinite(f).all():
@@ -168,6 +179,7 @@ class AdmReference:
     n_images: int
     resolution: int
     n_stats: int = IMAGENET_TRAIN_N
+    network_id: str | None = None  # who made the moments; None: ADM's own file (its TF Inception)
 
     @property
     def reference_id(self) -> str:
@@ -201,18 +213,20 @@ def _read_arr0_header(path: Path) -> tuple[int, ...]:
     return shape
 
 
-def load_adm_reference(path: str | Path, resolution: int | None = None) -> AdmReference:
-    """Load and check an ADM reference npz (stats in memory, images streamed later)."""
+def load_adm_reference(path: str | Path, resolution: int | None = None,
+                       dims: tuple[int, ...] = INCEPTION_DIMS) -> AdmReference:
+    """Load and check an ADM reference npz (stats in memory, images streamed later); ``dims``: the
+    extractor's (pool, spatial, ...) sizes the moments must have."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ADM reference batch not found: {path}. Fetch it with "
                                 f"`curl -L -o {path} {REFERENCE_URL}` (guided-diffusion evaluations/README.md).")
     with np.load(path, allow_pickle=False) as z:
-        missing = sorted({*_STAT_KEYS, "arr_0"} - set(z.files))
+        missing = sorted({"mu", "sigma", "mu_s", "sigma_s", "arr_0"} - set(z.files))
         if missing:
             raise ValueError(f"{path}: not an ADM reference batch, missing keys {missing}")
         stats = {}
-        for key, shape in _STAT_KEYS.items():
+        for key, shape in _stat_shapes(*dims[:2]).items():
             a = np.asarray(z[key], dtype=np.float64)
             if a.shape != shape:
                 raise ValueError(f"{path}: {key} has shape {a.shape}, expected {shape}")
@@ -220,10 +234,43 @@ def load_adm_reference(path: str | Path, resolution: int | None = None) -> AdmRe
                 raise ValueError(f"{path}: {key} has non-finite values")
             stats[key] = a
         n_stats = int(z["n"]) if "n" in z.files else IMAGENET_TRAIN_N
+        network_id = str(z["network_id"]) if "network_id" in z.files else None
     shape = _read_arr0_header(path)
     if resolution is not None and shape[1] != resolution:
         raise ValueError(f"{path}: reference images are {shape[1]}px but samples are {resolution}px")
-    return AdmReference(path, n_images=shape[0], resolution=shape[1], n_stats=n_stats, **stats)
+    return AdmReference(path, n_images=shape[0], resolution=shape[1], n_stats=n_stats, network_id=network_id,
+                        **stats)
+
+
+def write_adm_reference(path: str | Path, batches: Iterable[np.ndarray], extractor: nn.Module,
+                        device: str | torch.device, batch_size: int = 100) -> AdmReference:
+    """Write a reference batch in ADM's npz format from our own images: ``arr_0`` plus the extractor's
+    pool and spatial moments, with ``n`` and ``network_id`` (which ADM's file lacks) so that moments made
+    by one network are never compared with another's features. For data we generate (the proxies)."""
+    from dsbench.io import atomic_path
+
+    images, pool, spatial = [], FeatureStats(), FeatureStats()
+    for chunk in batches:
+        images.append(np.asarray(chunk))
+        for f in adm_features([chunk], extractor, device, batch_size):
+            pool.update(f.pool)
+            spatial.update(f.spatial)
+    arr = np.concatenate(images)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, arr_0=arr, mu=pool.mean(), sigma=pool.cov(), mu_s=spatial.mean(), sigma_s=spatial.cov(),
+                 n=np.array(pool.n), network_id=np.array(extractor.network_id))
+    return load_adm_reference(path, arr.shape[1], extractor.dims)
+
+
+def check_reference_network(reference: AdmReference, extractor: nn.Module) -> None:
+    """Moments and features must come from the same network (ADM's own file: any Inception port)."""
+    if reference.network_id is not None and reference.network_id != extractor.network_id:
+        raise ValueError(f"{reference.path}: reference moments were made with {reference.network_id}, "
+                         f"but the samples' features come from {extractor.network_id}; rebuild the reference")
+    pool, spatial = extractor.dims[:2]
+    if reference.mu.shape != (pool,) or reference.mu_s.shape != (spatial,):
+        raise ValueError(f"{reference.path}: reference moments are {len(reference.mu)}-d pool / "
+                         f"{len(reference.mu_s)}-d spatial, the extractor gives {pool} / {spatial}")
 
 
 def default_feature_cache(reference: AdmReference, network_id: str) -> Path:
@@ -232,7 +279,7 @@ def default_feature_cache(reference: AdmReference, network_id: str) -> Path:
 
 def reference_pool_features(reference: AdmReference, extractor: AdmInception, device: str | torch.device,
                             batch_size: int = 100, cache_path: str | Path | None = None) -> np.ndarray:
-    """Pool features (n_images, 2048) of the reference images, read from / written to ``cache_path``."""
+    """Pool features (n_images, pool dim) of the reference images, read from / written to ``cache_path``."""
     from dsbench.io import atomic_path
 
     meta = {"network_id": extractor.network_id, "reference_id": reference.reference_id,
@@ -240,7 +287,7 @@ def reference_pool_features(reference: AdmReference, extractor: AdmInception, de
     if cache_path is not None and Path(cache_path).is_file():
         with np.load(cache_path, allow_pickle=False) as z:
             cached, feats = json.loads(str(z["meta"])), z["features"]
-        if cached != meta or feats.shape != (reference.n_images, POOL_DIM):
+        if cached != meta or feats.shape != (reference.n_images, extractor.dims[0]):
             raise ValueError(f"stale reference feature cache {cache_path}: made for {cached}, need {meta}; "
                              "delete it to recompute")
         return feats
@@ -349,6 +396,7 @@ def adm_metrics(gen_batches: Iterable[np.ndarray], reference: AdmReference, extr
     ``ref_cache``: True caches the reference pool features beside the reference npz, a path caches them
     there, None/False recomputes them every time.
     """
+    check_reference_network(reference, extractor)
     pool, spatial, isc, pool_feats = FeatureStats(), FeatureStats(), InceptionScore(), []
     for f in adm_features(gen_batches, extractor, device, batch_size, reference.resolution):
         pool.update(f.pool)

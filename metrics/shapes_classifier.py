@@ -120,3 +120,30 @@ class ShapesPerceptualDistance(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         layers = [((fa - fb) ** 2).sum(1).mean((1, 2)) for fa, fb in zip(self._features(a), self._features(b))]
         return torch.stack(layers).mean(0)
+
+
+class ShapesAdmExtractor(nn.Module):
+    """The classifier in the ADM suite's extractor contract (metrics/adm.py), for the DiT proxy's Table-2
+    columns: pool = its FEATURES-d features (Inception's pool_3), spatial = the first SPATIAL_CHANNELS
+    channels of its last 4x4 conv map in NHWC order (as sFID slices mixed_6/conv), logits = the 12 classes'
+    joint log-probabilities log p(colour) + log p(shape), in dsbench.shapes' label order (for IS)."""
+
+    SPATIAL_CHANNELS = 2
+    dims = (FEATURES, 4 * 4 * SPATIAL_CHANNELS, len(COLORS) * len(SHAPES))
+
+    def __init__(self, net: ShapesClassifier) -> None:
+        super().__init__()
+        self.net = net
+        self.network_id = f"shapes-adm-{getattr(net, 'weights_id', 'unhashed')}"
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = x.float() / 127.5 - 1.0
+        body = list(self.net.body)
+        cut = next(i for i, m in enumerate(body) if isinstance(m, nn.Flatten))
+        conv = nn.Sequential(*body[:cut])(h)                  # (N, 64, 4, 4)
+        pool = nn.Sequential(*body[cut:])(conv)
+        spatial = conv.movedim(1, -1)[..., : self.SPATIAL_CHANNELS].reshape(len(x), -1)
+        color = self.net.heads["color"](pool).log_softmax(1)  # (N, 4)
+        shape = self.net.heads["shape"](pool).log_softmax(1)  # (N, 3)
+        logits = (color[:, :, None] + shape[:, None, :]).reshape(len(x), -1)  # label = colour * 3 + shape
+        return pool, spatial, logits

@@ -220,7 +220,7 @@ def test_reference_guards(tmp_path, ref_arrays):
 
 
 class _NoNetwork:
-    network_id = "stub"
+    network_id, dims = "stub", adm.INCEPTION_DIMS
 
     def __call__(self, x):
         raise AssertionError("the cached features should have been used")

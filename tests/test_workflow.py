@@ -236,7 +236,8 @@ def test_smoke_trains_a_diffsparse_schedule_and_the_table_uses_it(smoke_run, mod
 
 def test_smoke_runs_every_metric(smoke_run):
     """CLIP (both modes, tiny CLIP) and ImageReward (fake backend, through its worker subprocess) on the
-    text-conditioned proxy, SSIM on both; the class-conditional proxy gets no text metric."""
+    text-conditioned proxy, SSIM on both; the class-conditional proxy gets no text metric but the ADM
+    suite (FID, sFID, IS, precision/recall) with the shapes classifier as extractor."""
     import math
 
     pixart, dit = (_rows(smoke_run / "results" / f"{m}.csv") for m in ("proxy_pixart", "proxy_dit"))
@@ -248,3 +249,8 @@ def test_smoke_runs_every_metric(smoke_run):
     assert float(pixart["none"]["ssim"]) == 1.0 and float(dit["none"]["ssim"]) == 1.0
     assert all(float(r["ssim"]) < 1.0 for m, r in dit.items() if m != "none")
     assert all(r["clip"] == "" and r["image_reward"] == "" for r in dit.values())
+    for method, row in dit.items():
+        for col in ("fid", "sfid", "inception_score", "precision", "recall", "align", "psnr", "lpips"):
+            assert math.isfinite(float(row[col])), f"proxy_dit/{method}: {col} = {row[col]!r}"
+        assert 0 <= float(row["precision"]) <= 1 and 0 <= float(row["recall"]) <= 1
+        assert 1 <= float(row["inception_score"]) <= 12                   # 12 classes at most
