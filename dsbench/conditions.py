@@ -9,6 +9,7 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data"
 
+PARTIPROMPTS_URL = "https://github.com/google-research/parti/blob/main/PartiPrompts.tsv"
 # dataset -> (file under `resources`, where to get it)
 DATASET_FILES = {
     "coco30k": ("datasets/coco30k/COCO_caption_prompts_30k.txt",
@@ -16,7 +17,7 @@ DATASET_FILES = {
                 "(see shared/reference/metrics-notes.md §4); build it with `dsbench prepare-coco` from the COCO "
                 "captions JSON, or place ToCa's file at this path"),
     "partiprompts": ("datasets/partiprompts/PartiPrompts.tsv",
-                     "PartiPrompts.tsv, 1,632 prompts, from https://github.com/google-research/parti"),
+                     f"PartiPrompts.tsv, 1,632 prompts, from {PARTIPROMPTS_URL}"),
 }
 
 

@@ -11,10 +11,10 @@ import json
 import random
 from pathlib import Path
 
+from dsbench.conditions import PARTIPROMPTS_URL
 from dsbench.io import sha256_file
 
 PARTIPROMPTS_COUNT = 1632
-PARTIPROMPTS_URL = "https://github.com/google-research/parti/blob/main/PartiPrompts.tsv"
 COCO_COUNT = 30_000
 COCO_LIST = "COCO_caption_prompts_30k.txt"  # the name ToCa's protocol uses; ours is built by prepare-coco
 # Samples each protocol is defined on (metrics-notes §7): FID-30k, ADM's 50 per class x 1000.

@@ -125,18 +125,19 @@ def run_worker(name: str, request: dict[str, Any], workdir: str | Path, *, backe
            "--request", str(req), "--result", str(res)]
     out_log, err_log = workdir / f"{name}_worker.out.log", workdir / f"{name}_worker.err.log"
     env = worker_env(name, hf_home=hf_home, vbench_cache_dir=vbench_cache_dir)
+
+    def failure(what: str) -> WorkerError:
+        return WorkerError(f"{name} worker {what}: {shlex.join(cmd)}\n--- last lines of {err_log} ---\n{_tail(err_log)}")
+
     with open(out_log, "w") as out, open(err_log, "w") as err:
         try:
             rc = subprocess.run(cmd, cwd=workdir, env=env, stdout=out, stderr=err, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
-            raise WorkerError(f"{name} worker timed out after {timeout} s: {shlex.join(cmd)}\n"
-                              f"--- last lines of {err_log} ---\n{_tail(err_log)}") from None
+            raise failure(f"timed out after {timeout} s") from None
     if rc != 0:
-        raise WorkerError(f"{name} worker failed (exit {rc}): {shlex.join(cmd)}\n"
-                          f"--- last lines of {err_log} ---\n{_tail(err_log)}")
+        raise failure(f"failed (exit {rc})")
     if not res.is_file():
-        raise WorkerError(f"{name} worker exited 0 but wrote no result {res}\n"
-                          f"--- last lines of {err_log} ---\n{_tail(err_log)}")
+        raise failure(f"exited 0 but wrote no result {res}")
     return read_json(res)
 
 
