@@ -103,8 +103,7 @@ class Engine:
         self.adapter, self.pipe, self.cfg_halves = adapter, pipe, cfg_halves
         self.ranking, self.controller, self.plan_for = ranking, controller, plan_for  # controller: a dynamic rule
         if ranking is not None:
-            kinds = set(adapter.sublayer_kinds.values())
-            ranking.attention_kind = "cross_attn" if "cross_attn" in kinds else "self_attn"
+            ranking.check_model(set(adapter.sublayer_kinds.values()))
         self.grid = adapter.token_grid()
         self._blocks = list(adapter.blocks(pipe))
         self._modules = [(b, name, adapter.sublayer(block, name))

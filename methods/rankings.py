@@ -15,6 +15,10 @@ import torch
 import torch.nn.functional as F
 
 SCORES = ("attention", "vnorm", "similarity", "norm", "random")
+# Which attention statistics the `attention` score adds up: ToCa's choice (`auto`: s2, the cross-attention
+# entropy, where the model has cross-attention, else s1, the self-attention influence), or a fixed set,
+# as in DiffSparse's Table 10 ablation (s1 + s2, then without one of them).
+ATTENTION_TERMS = {"auto": None, "self": ("self_attn",), "cross": ("cross_attn",), "both": ("self_attn", "cross_attn")}
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -41,12 +45,26 @@ class Ranking:
     bonus: float = 0.0              # spatial bonus: the best token of each grid×grid cell gets bonus·score
     grid: int = 0
     seed: int = 0
+    attention_terms: str = "auto"
     attention_kind: str = "cross_attn"   # set by the engine: cross_attn entropy if the model has one, else self_attn
     _stats: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.score not in SCORES:
             raise ValueError(f"unknown token score {self.score!r}; one of {SCORES}")
+        if self.attention_terms not in ATTENTION_TERMS:
+            raise ValueError(f"unknown attention_terms {self.attention_terms!r}; one of {tuple(ATTENTION_TERMS)}")
+
+    @property
+    def attention_kinds(self) -> tuple[str, ...]:
+        return ATTENTION_TERMS[self.attention_terms] or (self.attention_kind,)
+
+    def check_model(self, kinds) -> None:
+        """Set ToCa's default statistic for a model with these sub-layer kinds; refuse terms it lacks."""
+        self.attention_kind = "cross_attn" if "cross_attn" in kinds else "self_attn"
+        if self.score == "attention" and not set(self.attention_kinds) <= set(kinds):
+            raise ValueError(f"attention_terms {self.attention_terms!r} needs {' and '.join(self.attention_kinds)} "
+                             f"sub-layers; this model has {', '.join(sorted(kinds))}")
 
     def reset(self) -> None:
         self._stats.clear()
@@ -55,7 +73,7 @@ class Ranking:
     def wants(self, kind: str) -> tuple[bool, bool]:
         """(capture q/k, capture v) for a sub-layer of this kind."""
         if self.score == "attention":
-            return kind == self.attention_kind, False
+            return kind in self.attention_kinds, False
         if self.score == "vnorm":
             return False, kind == "self_attn"
         return False, False
@@ -82,8 +100,9 @@ class Ranking:
     def scores(self, *, block: int, sublayer: str, step: int, tokens: torch.Tensor,
                last_input: torch.Tensor | None, staleness: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         B, N, _ = tokens.shape
-        if self.score == "attention":
-            s = self._stats.get((block, self.attention_kind))
+        if self.score == "attention":  # the sum of the observed unit-norm terms (s1 + s2 for `both`)
+            terms = [self._stats[(block, k)] for k in self.attention_kinds if (block, k) in self._stats]
+            s = sum(terms[1:], terms[0]) if terms else None
         elif self.score == "vnorm":
             s = self._stats.get((block, "vnorm"))
         elif self.score == "similarity":  # tokens that moved most since they were computed

@@ -11,7 +11,7 @@ import torch
 
 from methods.base import Layout, Method, check_positive_int, check_ratio
 from methods.plan import Plan
-from methods.rankings import SCORES, Ranking
+from methods.rankings import ATTENTION_TERMS, SCORES, Ranking
 from methods.schedules import toca_fresh_ratio, toca_full_steps
 
 
@@ -20,7 +20,8 @@ class TokenCacheConfig:
     """fresh_ratio: R, the base fraction of tokens recomputed on partial steps (1 − the paper's cache ratio);
     threshold: N, the refresh period parameter; schedule: "pixart" (steps count up, ToCa's PixArt
     constants) or "dit" (DDIM countdown, ToCa-ddim50 constants); score: token ranking; staleness_weight:
-    λ3; bonus / grid: spatial bonus (PixArt 0.4 / 4, DiT 0.6 / 2); faithful_quirk: reproduce the official
+    λ3; bonus / grid: spatial bonus (PixArt 0.4 / 4, DiT 0.6 / 2); attention_terms: the attention score's
+    statistics (auto: ToCa's s2 or s1; self, cross, both: Table 10's ablation); faithful_quirk: reproduce the official
     code's per-layer refresh at steps where T changes (1.57 T instead of 1.64 T on PixArt-α)."""
 
     fresh_ratio: float = 0.30
@@ -30,6 +31,7 @@ class TokenCacheConfig:
     staleness_weight: float = 0.25
     bonus: float = 0.4
     grid: int = 4
+    attention_terms: str = "auto"
     faithful_quirk: bool = False
 
     def __post_init__(self):
@@ -40,6 +42,9 @@ class TokenCacheConfig:
             raise ValueError(f"{name}.schedule must be 'pixart' or 'dit', got {self.schedule!r}")
         if self.score not in SCORES:
             raise ValueError(f"{name}.score must be one of {SCORES}, got {self.score!r}")
+        if self.attention_terms not in ATTENTION_TERMS:
+            raise ValueError(f"{name}.attention_terms must be one of {tuple(ATTENTION_TERMS)}, "
+                             f"got {self.attention_terms!r}")
 
 
 def partial_ratios(c: TokenCacheConfig, step: int, num_steps: int, layout: Layout) -> torch.Tensor:
@@ -50,7 +55,7 @@ def partial_ratios(c: TokenCacheConfig, step: int, num_steps: int, layout: Layou
 
 def token_ranking(c: TokenCacheConfig) -> Ranking:
     return Ranking(score=c.score, staleness_weight=c.staleness_weight, staleness_norm=c.threshold,
-                   bonus=c.bonus, grid=c.grid)
+                   bonus=c.bonus, grid=c.grid, attention_terms=c.attention_terms)
 
 
 class ToCa(Method):

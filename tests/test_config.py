@@ -22,7 +22,7 @@ SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").r
 # the shipped configs
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "tests/tiny.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "tests/tiny.yaml", "configs/table10.yaml"])
 def test_shipped_config_validates(name):
     cfg = dsconfig.load(ROOT / name)
     assert cfg["models"] and cfg["methods"] and cfg["tables"]

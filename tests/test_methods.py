@@ -29,6 +29,8 @@ VARIANTS = {
     "toca_vnorm": {"method": "toca", "score": "vnorm"},
     "toca_similarity": {"method": "toca", "score": "similarity"},
     "toca_random": {"method": "toca", "score": "random"},
+    "toca_s1s2": {"method": "toca", "fresh_ratio": 0.3, "attention_terms": "both"},
+    "toca_s1": {"method": "toca", "fresh_ratio": 0.3, "attention_terms": "self"},
     "duca": {"method": "duca"},
     "dicache": {"method": "dicache", "threshold": 1.0},
     # each method's own "compute everything" setting
@@ -88,6 +90,16 @@ def test_accelerated_runs_differ_but_stay_sane(cfg, pipes, model, variant):
     np.testing.assert_array_equal(out, run(cfg, pipes, model, variant))  # deterministic, no leaked state
 
 
+def test_attention_terms_on_real_runs(cfg, pipes):
+    """Table 10's scores pick other tokens on PixArt; on DiT, ToCa's own score already is s1, and s2 (no
+    cross-attention there) is refused."""
+    auto, both, s1 = (run(cfg, pipes, "tiny_pixart", v) for v in ("toca", "toca_s1s2", "toca_s1"))
+    assert not np.array_equal(auto, both) and not np.array_equal(both, s1) and not np.array_equal(auto, s1)
+    np.testing.assert_array_equal(run(cfg, pipes, "tiny_dit", "toca_s1"), run(cfg, pipes, "tiny_dit", "toca"))
+    with pytest.raises(ValueError, match="attention_terms 'both' needs self_attn and cross_attn"):
+        run(cfg, pipes, "tiny_dit", "toca_s1s2")
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_cfg_halves_choose_identical_tokens(cfg, pipes, model, monkeypatch):
     chosen = []
@@ -142,6 +154,31 @@ def test_toca_chooses_the_hand_computed_tokens():
     assert idx[0].tolist() == [2, 0] and torch.equal(idx[0], idx[1])  # stale token 2 first, then 0
     with pytest.raises(ValueError, match="unknown token score"):
         Ranking(score="nosuch")
+
+
+def test_attention_terms_add_self_influence_and_cross_entropy():
+    """Table 10's ablation: `both` scores s1 + s2; `self` / `cross` keep one; `auto` is ToCa's s2."""
+    q = torch.tensor([[[0.0], [5.0], [0.0], [1.0]]])
+    k_text = torch.tensor([[[1.0], [-1.0]]])
+    rankings = {t: Ranking(score="attention", attention_terms=t) for t in ("auto", "self", "cross", "both")}
+    for r in rankings.values():
+        r.check_model({"self_attn", "cross_attn", "mlp"})
+        for kind in ("self_attn", "cross_attn"):
+            if r.wants(kind)[0]:
+                r.observe(0, kind, q, q if kind == "self_attn" else k_text, None, None, heads=1, idx=None)
+    kw = dict(block=0, sublayer="ff", step=1, tokens=torch.zeros(1, 4, 8), last_input=None,
+              staleness=torch.zeros(1, 4), grid=(2, 2))
+    s = {t: r.scores(**kw) for t, r in rankings.items()}
+    torch.testing.assert_close(s["both"], s["self"] + s["cross"])
+    torch.testing.assert_close(s["auto"], s["cross"])
+    assert not torch.allclose(s["self"], s["cross"])
+    assert rankings["auto"].wants("self_attn") == (False, False)  # ToCa's PixArt score captures no self-attn
+    dit = Ranking(score="attention", attention_terms="cross")
+    with pytest.raises(ValueError, match="attention_terms 'cross' needs cross_attn sub-layers; this model has "
+                                         "mlp, self_attn"):
+        dit.check_model({"self_attn", "mlp"})
+    with pytest.raises(ValueError, match="toca.attention_terms must be one of"):
+        make_method("toca", attention_terms="s1")
 
 
 def test_spatial_bonus_raises_each_cells_best_token():

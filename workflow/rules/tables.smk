@@ -1,4 +1,4 @@
-localrules: render_table, sample_grid, table1, smoke, all
+localrules: render_table, sample_grid, smoke, all
 
 
 rule render_table:
@@ -15,8 +15,12 @@ rule render_table:
     shell: "dsbench render --config {params.config:q} --table {wildcards.table} --paper-dir {params.paper_dir:q} > {log} 2>&1"
 
 
-rule table1:
-    input: table_output("table1")
+# One target per configured table, named after it: `snakemake --cores 8 table1` (table2, table4, ...).
+for _table in config["tables"]:
+    rule:
+        name: _table
+        localrule: True
+        input: table_output(_table)
 
 
 rule sample_grid:
