@@ -74,7 +74,7 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         from metrics.adm import adm_metrics
 
         adm_ref, extractor = adm
-        own = adm_ref.path == reference  # shapes_adm: the batch itself (small), no P/R feature cache
+        own = cell.model_cfg["reference"] == "shapes_adm"  # the batch itself (small): no P/R feature cache
         expected = None if cell.model_cfg.get("allow_partial") else n
         r = adm_metrics(iter_images(folder, n, shard), adm_ref, extractor, dev, expected_n=expected,
                         ref_cache=None if own else reference)

@@ -135,13 +135,13 @@ class ShapesAdmExtractor(nn.Module):
         super().__init__()
         self.net = net
         self.network_id = f"shapes-adm-{getattr(net, 'weights_id', 'unhashed')}"
+        body = list(net.body)  # split once: conv layers (spatial map) | flatten + linear (features)
+        cut = next(i for i, m in enumerate(body) if isinstance(m, nn.Flatten))
+        self._conv, self._pool = nn.Sequential(*body[:cut]), nn.Sequential(*body[cut:])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = x.float() / 127.5 - 1.0
-        body = list(self.net.body)
-        cut = next(i for i, m in enumerate(body) if isinstance(m, nn.Flatten))
-        conv = nn.Sequential(*body[:cut])(h)                  # (N, 64, 4, 4)
-        pool = nn.Sequential(*body[cut:])(conv)
+        conv = self._conv(x.float() / 127.5 - 1.0)            # (N, 64, 4, 4)
+        pool = self._pool(conv)
         spatial = conv.movedim(1, -1)[..., : self.SPATIAL_CHANNELS].reshape(len(x), -1)
         color = self.net.heads["color"](pool).log_softmax(1)  # (N, 4)
         shape = self.net.heads["shape"](pool).log_softmax(1)  # (N, 3)
