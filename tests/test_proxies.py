@@ -20,7 +20,8 @@ PROXIES = ["proxy_dit", "proxy_pixart", "shapes_classifier"]
 def test_committed_proxy_matches_its_recorded_hashes(name):
     info = verified(PROXY_ROOT / name)
     assert info["name"] == name and info["sha256"]
-    assert info["command"].startswith(f"dsbench train-proxy --name {name} ")  # how to reproduce it
+    # How to reproduce it, bit for bit: CPU GEMM reductions depend on the thread count.
+    assert info["command"].startswith(f"OMP_NUM_THREADS={info['threads']} dsbench train-proxy --name {name} ")
 
 
 @pytest.mark.parametrize("name", ["proxy_dit", "proxy_pixart"])
@@ -117,6 +118,21 @@ def test_training_is_deterministic_and_learns(name, tmp_path):
     assert len(losses) == 30 and losses[-10:].mean() < losses[:10].mean()
     pipe = get_adapter(name).build("proxy", scheduler="ddim", weights=str(tmp_path / "a"))
     assert pipe.transformer.config.in_channels == 3
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    from dsbench.proxy_train import WARMUP, _optimizer
+
+    opt, sched = _optimizer([torch.nn.Parameter(torch.zeros(1))], 1e-3, steps=1000)
+    lrs = []
+    for _ in range(1000):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3 / WARMUP) and lrs[WARMUP] == pytest.approx(1e-3)
+    assert lrs[:WARMUP + 1] == sorted(lrs[:WARMUP + 1])                  # linear warm-up
+    assert lrs[WARMUP:] == sorted(lrs[WARMUP:], reverse=True)            # then cosine decay
+    assert lrs[(1000 + WARMUP) // 2] == pytest.approx(0.5e-3, rel=1e-2) and lrs[-1] < 1e-7
 
 
 def test_train_proxy_rejects_bad_settings(tmp_path):
