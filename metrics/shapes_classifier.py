@@ -46,6 +46,12 @@ class ShapesClassifier(nn.Module):
         f = self(x)
         return {k: head(f) for k, head in self.heads.items()}
 
+    def split(self) -> tuple[nn.Sequential, nn.Sequential]:
+        """(conv layers, up to the 4x4 map; flatten + linear, to the features): views sharing this net's
+        modules, for the metrics that read its conv activations (the state dict keeps ``body``'s names)."""
+        cut = next(i for i, m in enumerate(self.body) if isinstance(m, nn.Flatten))
+        return self.body[:cut], self.body[cut:]
+
 
 def targets(captions: Sequence[str]) -> dict[str, torch.Tensor]:
     parsed = [parse_caption(c) for c in captions]
@@ -106,12 +112,11 @@ class ShapesPerceptualDistance(nn.Module):
     def __init__(self, net: ShapesClassifier) -> None:
         super().__init__()
         self.net = net
+        self._conv = net.split()[0]
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats, h = [], x
-        for layer in self.net.body:
-            if isinstance(layer, nn.Flatten):
-                break
+        for layer in self._conv:
             h = layer(h)
             if isinstance(layer, nn.ReLU):
                 feats.append(h / (h.norm(dim=1, keepdim=True) + 1e-10))
@@ -135,9 +140,7 @@ class ShapesAdmExtractor(nn.Module):
         super().__init__()
         self.net = net
         self.network_id = f"shapes-adm-{getattr(net, 'weights_id', 'unhashed')}"
-        body = list(net.body)  # split once: conv layers (spatial map) | flatten + linear (features)
-        cut = next(i for i, m in enumerate(body) if isinstance(m, nn.Flatten))
-        self._conv, self._pool = nn.Sequential(*body[:cut]), nn.Sequential(*body[cut:])
+        self._conv, self._pool = net.split()  # the spatial map | the features
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         conv = self._conv(x.float() / 127.5 - 1.0)            # (N, 64, 4, 4)
