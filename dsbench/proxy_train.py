@@ -121,10 +121,10 @@ def train_proxy(name: str, out_dir: str | Path, *, steps: int | None = None, bat
     train = _train_classifier if name == "shapes_classifier" else _train_denoiser
     log = train(name, out_dir, seed=seed, progress=progress, **settings)
     write_text(out_dir / "loss.csv", "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(log)))
+    threads = torch.get_num_threads()  # CPU GEMM reductions, so the bits, depend on it
     info = {"name": name, "sha256": weight_hashes(out_dir), "seed": seed, **settings,
             "final_loss_mean_last_50": float(np.mean(log[-50:])), "torch": torch.__version__,
-            "threads": torch.get_num_threads(),  # CPU GEMM reductions, so the bits, depend on it
-            "command": f"OMP_NUM_THREADS={torch.get_num_threads()} " + shlex.join(
+            "threads": threads, "command": f"OMP_NUM_THREADS={threads} " + shlex.join(
                 ["dsbench", "train-proxy", "--name", name, "--out", str(out_dir), "--seed", str(seed),
                  *[f"--{k}={v}" for k, v in settings.items()]])}
     write_json(out_dir / PROVENANCE, info)  # written last: its presence marks a finished training

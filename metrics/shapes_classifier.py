@@ -111,7 +111,6 @@ class ShapesPerceptualDistance(nn.Module):
 
     def __init__(self, net: ShapesClassifier) -> None:
         super().__init__()
-        self.net = net
         self._conv = net.split()[0]
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
