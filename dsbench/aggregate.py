@@ -10,7 +10,7 @@ from dsbench.io import read_json, write_text
 TERA, GIGA = 1e12, 1e9
 # Scalars of a cell's metrics JSON (dsbench/evaluate.py) carried into the model's CSV; absent ones are empty.
 METRIC_KEYS = ("fid", "sfid", "inception_score", "precision", "recall", "clip", "clip_x100", "clip_toca", "align", "image_reward",
-               "psnr", "ssim", "lpips", "n_samples", "fid_n_ref")
+               "vbench", "vbench_quality", "vbench_semantic", "psnr", "ssim", "lpips", "n_samples", "fid_n_ref")
 
 
 def aggregate(model: str, methods: list[str], macs: list[Path], metrics: list[Path], latency: Path,

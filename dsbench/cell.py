@@ -93,12 +93,11 @@ class Cell:
         """The method's engine attached to `pipe` for the duration of the context."""
         from methods.engine import Engine
 
-        halves = self.adapter.cfg_halves(self.model_cfg["guidance_scale"])
         controller = None
         if self.dynamic and self.adapter.denoiser(pipe).device.type != "meta":
             controller = self.accelerator.controller(self.num_steps, len(self.adapter.blocks(pipe)))
-        with Engine(self.adapter, pipe, self.plan(pipe), self.accelerator.ranking(), halves,
-                    controller=controller) as engine:
+        with Engine(self.adapter, pipe, self.plan(pipe), self.accelerator.ranking(), controller=controller,
+                    **self.adapter.engine_cfg(self.model_cfg["guidance_scale"])) as engine:
             yield engine
 
     @property

@@ -18,7 +18,11 @@ DATASET_FILES = {
                 "captions JSON, or place ToCa's file at this path"),
     "partiprompts": ("datasets/partiprompts/PartiPrompts.tsv",
                      f"PartiPrompts.tsv, 1,632 prompts, from {PARTIPROMPTS_URL}"),
+    "vbench": ("datasets/vbench/VBench_full_info.json",
+               "VBench's prompt suite, 946 entries: it ships in the vbench wheel (envs/.venv-vbench/lib/python3.*/"
+               "site-packages/vbench/VBench_full_info.json), or get it from https://github.com/Vchitect/VBench"),
 }
+VBENCH_DATASETS = ("vbench", "vbench_tiny")
 
 
 class MissingDataError(FileNotFoundError):
@@ -28,6 +32,8 @@ class MissingDataError(FileNotFoundError):
 def dataset_path(dataset: str, resources: str | Path) -> Path | None:
     if dataset == "tiny_prompts":
         return DATA / "tiny_prompts.txt"
+    if dataset == "vbench_tiny":
+        return DATA / "vbench_tiny_full_info.json"
     if dataset in DATASET_FILES:
         return Path(resources) / DATASET_FILES[dataset][0]
     return None  # imagenet_classes needs no file
@@ -52,6 +58,8 @@ def load_conditions(dataset: str, num_samples: int, resources: str | Path) -> li
         raise ValueError(f"unknown dataset {dataset!r}")
     if not path.is_file():
         raise MissingDataError(f"dataset {dataset!r} is missing: {path} ({DATASET_FILES[dataset][1]})")
+    if dataset in VBENCH_DATASETS:  # sample i: video i of the suite's expected "{prompt}-{k}.mp4" files
+        return [prompt for prompt, _, _ in vbench_videos(dataset, num_samples, resources)]
     if dataset == "partiprompts":  # sample i: prompt i mod 1,632, so 1,632 x k samples give k per prompt
         from dsbench.datasets import load_partiprompts
 
@@ -66,6 +74,19 @@ def load_conditions(dataset: str, num_samples: int, resources: str | Path) -> li
     if dataset == "coco30k" and len(lines) < num_samples:
         raise MissingDataError(f"{path} has {len(lines)} captions; {num_samples} samples need as many")
     return [lines[i % len(lines)] for i in range(num_samples)]  # tiny prompts cycle
+
+
+def vbench_videos(dataset: str, num_samples: int, resources: str | Path) -> list[tuple[str, int, str]]:
+    """(prompt, k, file name) of each sample: every distinct prompt of the suite, 5 videos each, in suite
+    order; the sample count must be the suite's (VBench scores a complete set)."""
+    from metrics.vbench import FULL_INFO_ENTRIES, expected_videos, load_full_info
+
+    info = load_full_info(dataset_path(dataset, resources), FULL_INFO_ENTRIES if dataset == "vbench" else None)
+    videos = expected_videos(info)
+    if num_samples != len(videos):
+        raise ValueError(f"dataset {dataset!r} has {len(videos)} videos (5 per distinct prompt); "
+                         f"num_samples is {num_samples}")
+    return videos
 
 
 def load_training_conditions(dataset: str, num: int, resources: str | Path) -> list:

@@ -37,7 +37,12 @@ def _fid_network(config: dict):
 
 
 def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | Path | None = None) -> dict:
-    """FID against the reference statistics, CLIP (text models), PSNR/LPIPS against `none`'s samples."""
+    """FID against the reference statistics, CLIP (text models), PSNR/LPIPS against `none`'s samples;
+    video models: VBench and fidelity (dsbench/evaluate_video.py)."""
+    if get_preset(cell.model).is_video:
+        from dsbench.evaluate_video import evaluate_video
+
+        return evaluate_video(cell, samples_root)
     from metrics.fid import FeatureStats, check_compatible, frechet_distance, image_features
     from metrics.fidelity import Fidelity
 

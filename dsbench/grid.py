@@ -33,9 +33,10 @@ def sample_grid(rows: dict[str, np.ndarray], out: str | Path, scale: int = 4, pa
 
 def method_rows(root: str | Path, model: str, methods: list[str], num_samples: int, shard_size: int,
                 n: int) -> dict[str, np.ndarray]:
-    """The first n samples of each method's cell, read from its shards."""
+    """The first n samples of each method's cell, read from its shards (videos: their middle frame)."""
     rows = {}
     for m in methods:
         folder = Path(root) / "samples" / model / m
-        rows[m] = np.concatenate(list(iter_images(folder, num_samples, shard_size, limit=n)))[:n]
+        images = np.concatenate(list(iter_images(folder, num_samples, shard_size, limit=n)))[:n]
+        rows[m] = images[:, images.shape[1] // 2] if images.ndim == 5 else images
     return rows

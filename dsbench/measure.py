@@ -21,7 +21,7 @@ def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
     with cell.accelerated(pipe) as engine, counter(cell.adapter.denoiser(pipe)) as tally:
         cell.sample(pipe, engine, conds, [sample_seed(cell.config["seed"], i) for i in range(images)])
         runs = list(engine.controller.runs) if engine.controller is not None else None
-    per_image = tally.per_image(images, cell.adapter.cfg_halves(cell.model_cfg["guidance_scale"]))
+    per_image = tally.per_image(images, cell.adapter.cfg_branches(cell.model_cfg["guidance_scale"]))
     extra = {"images": images, "full_steps_mean": sum(runs) / len(runs), "full_steps": runs} if runs else {}
     return {"model": cell.model, "method": cell.method, "device": device, "num_steps": cell.num_steps,
             **per_image, **extra, "macs_by_op": {k: v / images for k, v in tally.per_op.items()},
@@ -51,10 +51,11 @@ def predict_macs(cell: Cell) -> float:
     counts = []
     for plan in (Plan.full(2, layout.blocks, layout.sublayers),
                  Plan(torch.ones(2, layout.blocks, len(layout.sublayers)), layout.sublayers, skip=skip)):
-        with Engine(cell.adapter, pipe, plan), FlopCounterMode(display=False) as counter:
+        with Engine(cell.adapter, pipe, plan, **cell.adapter.engine_cfg(guidance)), \
+                FlopCounterMode(display=False) as counter:
             cell.adapter.sample(pipe, _dummy_conditions(cell, 1), [0], num_steps=2, guidance_scale=guidance)
         counts.append(module_costs(counter.get_flop_counts(), type(denoiser).__name__,
-                                   rows=cell.adapter.cfg_halves(guidance)))
+                                   rows=cell.adapter.cfg_branches(guidance)))
     a, b = counts
     per_compute = {k: a[k] - b.get(k, 0.0) for k in a}
     per_step = {k: (2 * b.get(k, 0.0) - a[k]) / 2 for k in a}

@@ -36,7 +36,7 @@ class CorruptShardError(ValueError):
 
 @dataclass
 class Shard:
-    images: np.ndarray   # uint8 (N, H, W, 3)
+    images: np.ndarray   # uint8 (N, H, W, 3); videos (N, frames, H, W, 3)
     indices: np.ndarray  # int64 (N,)
     seeds: np.ndarray    # int64 (N,)
     meta: dict
@@ -48,8 +48,9 @@ def _digest(images: np.ndarray) -> str:
 
 def write_shard(path: str | Path, images: np.ndarray, indices, seeds, meta: dict) -> None:
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    if images.dtype != np.uint8 or images.ndim not in (4, 5) or images.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 (N, H, W, 3) or videos (N, frames, H, W, 3), got {images.dtype} "
+                         f"{images.shape}")
     if not (len(images) == len(indices) == len(seeds)):
         raise ValueError("images, indices and seeds must have the same length")
     meta = {**meta, "sha256": _digest(images)}

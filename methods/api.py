@@ -18,12 +18,12 @@ from methods.registry import make_method
 class Accelerated:
     def __init__(self, pipe, adapter, method, guidance_scale: float | None):
         self.pipe, self.adapter, self.method = pipe, adapter, method
-        halves = adapter.cfg_halves(guidance_scale if guidance_scale is not None else 2.0)
+        cfg = adapter.engine_cfg(guidance_scale if guidance_scale is not None else 2.0)
         controller = None
         if getattr(method, "dynamic", False):
             controller = method.controller(0, len(adapter.blocks(pipe)))
         layout = adapter.layout(pipe)
-        self.engine = Engine(adapter, pipe, None, method.ranking(), halves, controller=controller,
+        self.engine = Engine(adapter, pipe, None, method.ranking(), **cfg, controller=controller,
                              plan_for=lambda steps: method.plan(steps, layout))
         if controller is not None:  # retention depends on the run's length
             self.engine.plan_for = lambda steps: (self._retain(steps), method.plan(steps, layout))[1]

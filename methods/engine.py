@@ -17,6 +17,7 @@ own hooks leak state between calls on PixArt/DiT, see shared/reference/diffusers
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -84,6 +85,18 @@ def _split_tokens(args, kwargs):
     return x, lambda fwd, x, **extra: fwd(**{**kwargs, "hidden_states": x, **extra})
 
 
+def _named(forward, args, kwargs) -> dict:
+    """A call's arguments by name (Wan passes attn1's positionally, and extra keywords must replace them)."""
+    bound = inspect.signature(forward).bind(*args, **kwargs)
+    named = {}
+    for name, value in bound.arguments.items():
+        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return named
+
+
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
@@ -94,13 +107,17 @@ def _scatter(into: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> tor
 
 class Engine:
     def __init__(self, adapter, pipe, plan: Plan | None, ranking: Ranking | None = None, cfg_halves: int = 1,
-                 controller=None, plan_for=None):
+                 controller=None, plan_for=None, branches: int = 1):
         """`plan_for(num_steps)`, if given, builds the plan when a pipeline call starts (library use,
         where the number of steps is only known then); a new call is recognised by the scheduler's new
-        timesteps tensor."""
+        timesteps tensor. `branches`: denoiser calls per step (Wan's separate CFG: 2); each call of a
+        step keeps its own caches and ranking statistics."""
         if plan is None and plan_for is None:
             raise ValueError("an engine needs a plan, or plan_for to build one per pipeline call")
-        self.adapter, self.pipe, self.cfg_halves = adapter, pipe, cfg_halves
+        if branches > 1 and controller is not None:
+            raise ValueError("run-time step decisions (DiCache) are not supported yet on models with separate "
+                             "CFG calls (Wan)")
+        self.adapter, self.pipe, self.cfg_halves, self.branches = adapter, pipe, cfg_halves, branches
         self.ranking, self.controller, self.plan_for = ranking, controller, plan_for  # controller: a dynamic rule
         if ranking is not None:
             ranking.check_model(set(adapter.sublayer_kinds.values()))
@@ -110,6 +127,8 @@ class Engine:
                          for b, block in enumerate(self._blocks) for name in adapter.sublayers]
         self._timesteps = None
         self.step = -1
+        self._calls, self.branch = 0, 0
+        self._other_branches: dict[int, tuple] = {}   # branch -> (states, block_cache, ranking stats)
         self.states: dict[tuple[int, str], SublayerState] = {}
         self.block_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # block -> (input, output)
         self.attached = False
@@ -188,11 +207,13 @@ class Engine:
 
     def reset(self) -> None:
         self.step = -1
+        self._calls, self.branch = 0, 0
         self._free()
 
     def _free(self) -> None:
         self.states.clear()
         self.block_cache.clear()
+        self._other_branches.clear()
         if self.ranking is not None:
             self.ranking.reset()
         if self.controller is not None:
@@ -210,6 +231,12 @@ class Engine:
             self._timesteps = self.pipe.scheduler.timesteps  # set_timesteps ran: a new pipeline call
             self.reset()
             self._set_plan(self.plan_for(len(self._timesteps)))
+        branch = self._calls % self.branches
+        self._calls += 1
+        if branch != self.branch:
+            self._switch_branch(branch)
+        if branch:
+            return  # the same step's next branch
         self.step += 1
         if self.step < self.plan.steps:
             self._ratios_now = self.plan.ratios[self.step].tolist()
@@ -220,8 +247,16 @@ class Engine:
             raise RuntimeError(f"the denoiser was called for step {step} but the plan has {self.plan.steps} "
                                "steps: sample with the method's num_steps, and reset() between pipeline calls")
 
+    def _switch_branch(self, branch: int) -> None:
+        stats = self.ranking._stats if self.ranking is not None else None
+        self._other_branches[self.branch] = (self.states, self.block_cache, stats)
+        self.states, self.block_cache, stats = self._other_branches.pop(branch, ({}, {}, {}))
+        if self.ranking is not None:
+            self.ranking._stats = stats
+        self.branch = branch
+
     def _end_step(self) -> None:
-        if self.step == self.plan.steps - 1:
+        if self.step == self.plan.steps - 1 and self.branch == self.branches - 1:
             if self.controller is not None:
                 self.controller.finish()
             self._free()  # the run is over: free every cached tensor
@@ -261,8 +296,14 @@ class Engine:
         scores = self.ranking.scores(block=block, sublayer=sub, step=self.step, tokens=x,
                                      last_input=state.last_input, staleness=state.staleness, grid=self.grid)
         idx = choose(scores, k, self.cfg_halves)
-        extra = {"encoder_hidden_states": x} if kind == "self_attn" else {}  # keys/values from every token
-        fresh = self._observed(module, kind, block, idx, kwargs, lambda: call(forward, _gather(x, idx), **extra))
+        if kind == "self_attn":  # keys/values from every token
+            named = _named(forward, args, kwargs)
+            x_name = next(iter(named))
+            named.update(self.adapter.subset_attention_kwargs(x, idx, named), **{x_name: _gather(x, idx)})
+            run = lambda: forward(**named)  # noqa: E731
+        else:
+            run = lambda: call(forward, _gather(x, idx))  # noqa: E731
+        fresh = self._observed(module, kind, block, idx, kwargs, run)
         state.output = _scatter(state.output, idx, fresh)
         state.staleness = (state.staleness + 1).scatter(1, idx, 0)
         if state.last_input is not None:

@@ -20,13 +20,24 @@ from models.registry import ModelPreset
 SOURCES = ("real", "tiny", "proxy", "meta", "random")
 
 
-def scheduler_class(name: str):
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+# Wan's own scheduler config (Wan2.1-T2V-1.3B-Diffusers/scheduler): UniPC on flow-matching sigmas, shift 3 (480p).
+_SCHEDULER_KWARGS = {"unipc_flow": dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)}
 
-    table = {"dpm_solver_pp": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}
+
+def scheduler_class(name: str):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    table = {"dpm_solver_pp": DPMSolverMultistepScheduler, "ddim": DDIMScheduler,
+             "unipc_flow": UniPCMultistepScheduler}
     if name not in table:
         raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(table)}")
     return table[name]
+
+
+def new_scheduler(name: str, host: bool = False):
+    """A fresh scheduler of that name with the model family's settings (`host`: for the meta device)."""
+    cls = scheduler_class(name)
+    return (host_timesteps(cls) if host else cls)(**_SCHEDULER_KWARGS.get(name, {}))
 
 
 def host_timesteps(cls):
@@ -76,7 +87,7 @@ class ModelAdapter:
 
             folder = proxy_dir(self.preset.proxy, weights)
             verified(folder)  # every weight file's SHA-256, before anything is loaded
-            pipe = self._assemble(scheduler_class(scheduler)(), text=True, folder=folder)
+            pipe = self._assemble(new_scheduler(scheduler), text=True, folder=folder)
             if dtype != torch.float32:
                 pipe.to(dtype=dtype)
         elif source == "real":
@@ -86,16 +97,16 @@ class ModelAdapter:
             if self.preset.is_tiny:
                 raise ValueError(f"{self.preset.name} is a tiny model: use source 'tiny'")
             with seeded(seed), torch.device(device):
-                pipe = self._assemble(scheduler_class(scheduler)(), text=False)
+                pipe = self._assemble(new_scheduler(scheduler), text=False)
             pipe.to(dtype=dtype)
         elif source == "meta":
-            sched = host_timesteps(scheduler_class(scheduler))()  # built outside the meta context
+            sched = new_scheduler(scheduler, host=True)  # built outside the meta context
             with torch.device("meta"):
                 pipe = self._assemble(sched, text=False)
             pipe.transformer.to("meta")  # buffers created outside the device context
         else:
             with seeded(seed):
-                pipe = self._assemble(scheduler_class(scheduler)(), text=True)
+                pipe = self._assemble(new_scheduler(scheduler), text=True)
             if dtype != torch.float32:
                 pipe.to(dtype=dtype)
         if source != "meta":
@@ -157,6 +168,24 @@ class ModelAdapter:
         """Rows per sample in a denoiser batch: PixArt and DiT batch the CFG branches together."""
         return 2 if guidance_scale > 1 else 1
 
+    def denoiser_calls(self, guidance_scale: float) -> int:
+        """Denoiser calls per sampling step: 1 where the CFG branches share one batch (the engine then keeps
+        one cache per call of a step, i.e. per branch, where there are more)."""
+        return 1
+
+    def cfg_branches(self, guidance_scale: float) -> int:
+        """CFG branches the denoiser runs per image and step (rows of a batch × calls)."""
+        return self.cfg_halves(guidance_scale) * self.denoiser_calls(guidance_scale)
+
+    def engine_cfg(self, guidance_scale: float) -> dict:
+        """The Engine arguments that describe how this model runs CFG."""
+        return {"cfg_halves": self.cfg_halves(guidance_scale), "branches": self.denoiser_calls(guidance_scale)}
+
+    def subset_attention_kwargs(self, x: torch.Tensor, idx: torch.Tensor, named: dict) -> dict:
+        """Arguments that make self-attention called on the tokens `idx` of `x` take its keys and values
+        from every token (`named`: the sub-layer's own call arguments)."""
+        return {"encoder_hidden_states": x}
+
     def token_grid(self) -> tuple[int, int]:
         side = self.preset.latent_size // self.preset.transformer["patch_size"]
         return side, side
@@ -164,7 +193,7 @@ class ModelAdapter:
     # ---- sampling -------------------------------------------------------------------------------
     def sample(self, pipe, conditions: Sequence[Any], seeds: Sequence[int], *, num_steps: int,
                guidance_scale: float) -> torch.Tensor | None:
-        """Images as uint8 (N, H, W, 3) on the CPU; None on the meta device (nothing to look at there).
+        """Images as uint8 (N, H, W, 3), videos as (N, frames, H, W, 3), on the CPU; None on the meta device.
 
         Sample i's initial noise comes from its own generator seeded with seeds[i], so a sample does
         not depend on the batch it was drawn in.
@@ -176,7 +205,7 @@ class ModelAdapter:
         if images.device.type == "meta":
             return None
         # The same rounding as diffusers' numpy_to_pil.
-        return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).movedim(-3, -1).cpu()
 
     def sample_float(self, pipe, conditions: Sequence[Any], seeds: Sequence[int], *, num_steps: int,
                      guidance_scale: float, grad: bool = False) -> torch.Tensor:

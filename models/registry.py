@@ -32,6 +32,14 @@ TINY_VAE = dict(  # two levels -> vae_scale_factor 2
     block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
     up_block_types=["UpDecoderBlock2D"] * 2, scaling_factor=0.18215,
 )
+WAN_2_1_1_3B = dict(  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers (scripts/convert_wan_to_diffusers.py)
+    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)
+WAN_VAE = dict(base_dim=96, z_dim=16)  # AutoencoderKLWan's defaults are Wan2.1's VAE (8× space, 4× time)
+TINY_WAN_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,  # diffusers' Wan test VAE
+                    temperal_downsample=[False, True, True])
 PIXEL_VAE = dict(channels=3, block_out_channels=[1], scaling_factor=1.0)  # models.pixel_vae: latents are pixels
 PROXY_T5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
 TINY_T5 = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
@@ -40,8 +48,8 @@ TINY_T5 = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_
 @dataclass(frozen=True)
 class ModelPreset:
     name: str
-    family: str                        # adapter module in models/: pixart, dit (flux, wan later)
-    resolution: int                    # output image side in pixels
+    family: str                        # adapter module in models/: pixart, dit, wan (flux later)
+    resolution: int                    # output image side in pixels (video: the height)
     transformer: dict[str, Any]        # diffusers transformer kwargs
     vae: dict[str, Any]
     hub_id: str | None = None          # repo with the whole pipeline (None: tiny, built from config)
@@ -50,6 +58,8 @@ class ModelPreset:
     text_tokens: int = 120             # max_sequence_length of the caption encoder
     text_dim: int = 4096               # caption embedding width (T5-XXL)
     proxy: str | None = None           # trained CPU proxy: its committed folder under models/proxies/
+    width: int | None = None           # output width where it differs from `resolution` (Wan: 480×832)
+    frames: int = 1                    # video frames (Wan); 1 for image models
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -59,6 +69,15 @@ class ModelPreset:
     @property
     def pixel_space(self) -> bool:
         return self.vae is PIXEL_VAE
+
+    @property
+    def is_video(self) -> bool:
+        return self.frames > 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the output in pixels."""
+        return self.resolution, self.width or self.resolution
 
     @property
     def latent_size(self) -> int:
@@ -112,6 +131,17 @@ MODELS: dict[str, ModelPreset] = {
                              cross_attention_dim=64, caption_channels=PROXY_T5["d_model"], sample_size=32,
                              in_channels=3, out_channels=3),
             text_encoder=PROXY_T5, text_tokens=16, text_dim=PROXY_T5["d_model"],
+        ),
+        ModelPreset(  # Table 3: 20 steps, 480×832, 81 frames (Wan's default T2V setting)
+            name="wan21_t2v_1_3b", family="wan", resolution=480, width=832, frames=81,
+            transformer=WAN_2_1_1_3B, vae=WAN_VAE, hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+            text_tokens=512, text_dim=4096,
+        ),
+        ModelPreset(  # 64×64×9 frames -> latent 3×8×8 -> 48 tokens of 3 frames × 4×4 (patch 1×2×2)
+            name="tiny_wan", family="wan", resolution=64, frames=9,
+            transformer=dict(WAN_2_1_1_3B, num_attention_heads=2, attention_head_dim=16, text_dim=32, ffn_dim=64,
+                             num_layers=3, rope_max_seq_len=32),
+            vae=TINY_WAN_VAE, text_encoder=TINY_T5, text_tokens=16, text_dim=32,
         ),
         ModelPreset(
             name="tiny_dit", family="dit", resolution=32,

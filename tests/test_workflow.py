@@ -25,7 +25,8 @@ SMOKE_ARGS = ("--configfile", str(SMOKE_YAML), "--replace-workflow-config", "smo
 METRICS = ["macs_c1_G", "speedup", "fid", "align", "psnr", "lpips"]
 PROVENANCE = ["git_commit", "config_hash", "device", "model_source"]
 _SMOKE = yaml.safe_load(SMOKE_YAML.read_text(encoding="utf-8"))
-TABLES = {name: t["model"] for name, t in _SMOKE["tables"].items()}     # table1: proxy_pixart, table2: proxy_dit
+TABLES = {name: t["model"] for name, t in _SMOKE["tables"].items()}     # table1: proxy_pixart, table2: proxy_dit, ...
+PROXY_TABLES = [name for name, model in TABLES.items() if model.startswith("proxy_")]
 STEP_ROWS = ["none", "steps_75", "steps_50", "steps_25"]                 # 100 % > 75 % > 50 % > 25 % steps
 
 
@@ -120,10 +121,10 @@ def test_train_proxies_rule_reruns_the_committed_weights_command(tmp_path, snake
 def smoke_run(tmp_path_factory, snakemake):
     work = tmp_path_factory.mktemp("smoke")
     try:
-        run = snakemake(work, "--cores", "2", "--show-failed-logs", *SMOKE_ARGS, timeout=1200)
+        run = snakemake(work, "--cores", "2", "--show-failed-logs", *SMOKE_ARGS, timeout=2400)
     except subprocess.TimeoutExpired as e:
         out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
-        pytest.fail("smoke DAG timed out after 1200 s:\n" + "\n".join(out.splitlines()[-80:]))
+        pytest.fail("smoke DAG timed out after 2400 s:\n" + "\n".join(out.splitlines()[-80:]))
     (work / "snakemake.out").write_text(run.output)
     if run.returncode != 0:
         pytest.fail(f"smoke DAG failed (exit {run.returncode}) in {work}:\n{run.tail(120)}")
@@ -131,8 +132,8 @@ def smoke_run(tmp_path_factory, snakemake):
 
 
 def test_smoke_tables_written(smoke_run):
-    assert set(TABLES.values()) == {"proxy_pixart", "proxy_dit"}
-    for table in TABLES:
+    assert set(TABLES.values()) == {"proxy_pixart", "proxy_dit", "tiny_wan"}
+    for table in PROXY_TABLES:
         prefix = smoke_run / "results" / "tables" / table
         for ext in ("md", "csv", "tex"):
             assert Path(f"{prefix}.{ext}").is_file(), f"missing {prefix}.{ext}"
@@ -142,7 +143,7 @@ def test_smoke_tables_written(smoke_run):
         assert r"\begin{tabular}" in tex and r"\bottomrule" in tex and r"50\% steps" in tex
 
 
-@pytest.mark.parametrize("table", list(TABLES))
+@pytest.mark.parametrize("table", PROXY_TABLES)
 def test_smoke_table_values(smoke_run, table):
     rows = _rows(smoke_run / "results" / "tables" / f"{table}.csv")
     assert list(rows) == [r["method"] for r in _SMOKE["tables"][table]["rows"]]   # configured rows, in order
@@ -221,10 +222,13 @@ def test_full_proxy_is_far_from_noise_and_on_condition(smoke_run, model):
 def test_smoke_sample_grids(smoke_run):
     from PIL import Image
 
+    from models.registry import get_preset
+
     for model in TABLES.values():
         grid = Image.open(smoke_run / "results" / "grids" / f"{model}.png")
-        rows = 1 + len(_SMOKE["models"][model]["methods"])            # what was asked + one row per method
-        assert grid.size[1] == rows * (32 * 4 + 2)
+        preset = get_preset(model)
+        rows = len(_SMOKE["models"][model]["methods"]) + (preset.proxy is not None)  # + what was asked (proxies)
+        assert grid.size[1] == rows * (preset.resolution * 4 + 2)
 
 
 def test_smoke_cell_csv_provenance(smoke_run):
@@ -303,3 +307,47 @@ def test_smoke_runs_every_metric(smoke_run):
             assert math.isfinite(float(row[col])), f"proxy_dit/{method}: {col} = {row[col]!r}"
         assert 0 <= float(row["precision"]) <= 1 and 0 <= float(row["recall"]) <= 1
         assert 1 <= float(row["inception_score"]) <= 12                   # 12 classes at most
+
+
+def test_smoke_wan_videos_go_through_vbench_and_fidelity(smoke_run):
+    """Table 3's path on the tiny Wan: videos in the shards, exported as VBench names them, scored through
+    the VBench worker (fake backend) and aggregated as VBench's leaderboard does; fidelity per frame."""
+    import json
+    import sys
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    from dsbench.conditions import vbench_videos
+    from dsbench.samples import read_shard
+    from metrics.vbench import DIMENSIONS, aggregate
+
+    sys.path.insert(0, str(ROOT / "metrics" / "workers"))
+    from vbench_worker import fake_score
+
+    model = _SMOKE["models"]["tiny_wan"]
+    names = [name for _, _, name in vbench_videos(model["dataset"], model["num_samples"], "resources")]
+    rows = _rows(smoke_run / "results" / "tiny_wan.csv")
+    table = _rows(smoke_run / "results" / "tables" / "table3.csv")
+    assert list(table) == [r["method"] for r in _SMOKE["tables"]["table3"]["rows"]]
+    assert float(table["steps_50"]["macs_c1_G_ours"]) * 2 == pytest.approx(float(table["none"]["macs_c1_G_ours"]))
+    for method in model["methods"]:
+        folder = smoke_run / "results" / "videos" / "tiny_wan" / method
+        assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+        frames = iio.imread(folder / names[0])
+        shard = read_shard(smoke_run / "results" / "samples" / "tiny_wan" / method / "shard_00000.npz")
+        assert shard.images.shape[1:] == frames.shape == (9, 64, 64, 3)
+        assert np.abs(frames.astype(float) - shard.images[0]).mean() < 3  # H.264 at quality 5: close
+
+        metrics = json.loads((smoke_run / "results" / "metrics" / "tiny_wan" / f"{method}.json").read_text())
+        assert metrics["vbench_backend"] == "fake"
+        scored = [d for d in DIMENSIONS if d not in metrics["vbench_unavailable"]]
+        assert metrics["vbench_raw"] == {d: fake_score(d) for d in scored}   # the worker's stand-in scores
+        expected = aggregate({d: fake_score(d) for d in scored})
+        assert metrics["vbench"] == pytest.approx(100 * expected["total"])
+        assert float(rows[method]["vbench"]) == pytest.approx(metrics["vbench"])
+        assert metrics["fidelity_n"] == 8 * 9                  # 64 fidelity samples -> 8 videos of 9 frames
+        if method == "none":
+            assert float(rows[method]["psnr"]) == 100.0
+        else:
+            assert 0 < float(rows[method]["lpips"]) and float(rows[method]["psnr"]) < 100.0

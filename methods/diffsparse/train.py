@@ -105,7 +105,7 @@ class Trainer:
         self.full_count = len(self.toca_full) if self.s.full_steps is None else self.s.full_steps
         self.loss_fn = make_loss(self.s.loss, lpips_net)
         self.engine = Engine(adapter, pipe, Plan.full(num_steps, self.layout.blocks, self.layout.sublayers),
-                             method.ranking(), adapter.cfg_halves(guidance_scale))
+                             method.ranking(), **adapter.engine_cfg(guidance_scale))
         self.meta = dict(meta or {})
         self.log: list[dict] = []
 
@@ -238,7 +238,7 @@ class Trainer:
         def f(units: np.ndarray) -> float:
             plan = Schedule(torch.as_tensor(units).view(self.predictor.shape), self.method.config.interval,
                             self.layout.sublayers).plan()
-            with Engine(self.adapter, self.pipe, plan, self.method.ranking(), self.adapter.cfg_halves(self.g)), \
+            with Engine(self.adapter, self.pipe, plan, self.method.ranking(), **self.adapter.engine_cfg(self.g)), \
                     torch.no_grad():
                 student = self.adapter.sample_float(self.pipe, conditions, seeds, num_steps=self.T,
                                                     guidance_scale=self.g)

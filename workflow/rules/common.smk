@@ -36,6 +36,11 @@ def shards(model, method, root="results/samples"):
     return [f"{root}/{model}/{method}/shard_{k:05d}.npz" for k in range(n)]
 
 
+def reference_input(model):
+    """The FID/ADM reference an evaluation reads: none for video models (VBench needs no image reference)."""
+    return [] if config["models"][model].get("reference") == "vbench" else [f"results/reference/{model}.npz"]
+
+
 def model_methods(model):
     return config["models"][model]["methods"]
 

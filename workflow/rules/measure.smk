@@ -19,15 +19,18 @@ rule latency:
 
 
 rule evaluate:
+    # Video models (reference: vbench) have no image reference: VBench scores their videos.
     input:
         samples=lambda wc: shards(wc.model, wc.method),
         baseline=lambda wc: shards(wc.model, "none"),
-        reference="results/reference/{model}.npz",
+        reference=lambda wc: reference_input(wc.model),
     output: "results/metrics/{model}/{method}.json"
-    params: config=variant_config
+    params:
+        config=variant_config,
+        reference=lambda wc, input: f"--reference {input.reference}" if input.reference else "",
     resources: gpu=1
     log: "logs/evaluate/{model}/{method}.log"
-    shell: "dsbench evaluate --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --reference {input.reference} --out {output} > {log} 2>&1"
+    shell: "dsbench evaluate --config {params.config:q} --model {wildcards.model} --method {wildcards.method} {params.reference} --out {output} > {log} 2>&1"
 
 
 rule aggregate:

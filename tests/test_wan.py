@@ -1,0 +1,122 @@
+"""Wan2.1 (Table 3): separate CFG calls keep a cache per branch; token subsets of RoPE self-attention are
+exact; the full-size architecture's MACs; the tiny model's videos through every method."""
+import numpy as np
+import pytest
+import torch
+
+from methods import make_method
+from methods.engine import Engine
+from methods.plan import Plan
+from models import get_adapter
+
+PROMPTS = ["a red cube turning", "a dog running on grass"]
+SEEDS = [3, 4]
+GUIDANCE = 5.0
+
+
+@pytest.fixture(scope="module")
+def wan():
+    adapter = get_adapter("tiny_wan")
+    return adapter, adapter.build("tiny", scheduler="unipc_flow")
+
+
+def sample(adapter, pipe, steps=4, guidance=GUIDANCE):
+    return adapter.sample(pipe, PROMPTS, SEEDS, num_steps=steps, guidance_scale=guidance)
+
+
+def test_tiny_wan_samples_uint8_videos_and_the_full_plan_is_the_plain_pipeline(wan):
+    adapter, pipe = wan
+    gens = [torch.Generator("cpu").manual_seed(s) for s in SEEDS]
+    plain = pipe(prompt=PROMPTS, negative_prompt="", num_inference_steps=4, guidance_scale=GUIDANCE, generator=gens,
+                 height=64, width=64, num_frames=9, max_sequence_length=16, output_type="np").frames
+    layout = adapter.layout(pipe)
+    with Engine(adapter, pipe, Plan.full(4, layout.blocks, layout.sublayers), **adapter.engine_cfg(GUIDANCE)):
+        ours = sample(adapter, pipe).numpy()
+    assert ours.shape == (2, 9, 64, 64, 3) and ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, (plain * 255).round().astype(np.uint8))
+    assert ours.std() > 0
+
+
+def test_subset_queries_of_rope_self_attention_equal_the_full_attention_at_those_tokens(wan):
+    adapter, pipe = wan
+    tr = pipe.transformer
+    attn = tr.blocks[1].attn1
+    g = torch.Generator().manual_seed(0)
+    N = int(np.prod(adapter.token_grid()))
+    x = torch.randn(2, N, tr.config.num_attention_heads * tr.config.attention_head_dim, generator=g)
+    rotary = tr.rope(torch.zeros(2, 16, adapter.latent_frames(), 8, 8))
+    assert rotary[0].shape[1] == N
+    full = attn(x, None, None, rotary)
+    idx = torch.stack([torch.randperm(N, generator=g)[:17] for _ in range(2)])
+    named = {"hidden_states": x, "encoder_hidden_states": None, "attention_mask": None, "rotary_emb": rotary}
+    extra = adapter.subset_attention_kwargs(x, idx, named)
+    sub = attn(x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1])), extra["encoder_hidden_states"], None,
+               extra["rotary_emb"])
+    torch.testing.assert_close(sub, full.gather(1, idx[..., None].expand(-1, -1, full.shape[-1])),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_each_cfg_branch_reuses_its_own_cache(wan):
+    """Step 1 reuses every sub-layer. Cond and uncond then start from the same latents and gates, so only
+    their own caches (different prompts) can make their predictions differ."""
+    adapter, pipe = wan
+    layout = adapter.layout(pipe)
+    ratios = torch.ones(2, layout.blocks, len(layout.sublayers))
+    ratios[1] = 0.0
+    outputs = []
+    handle = pipe.transformer.register_forward_hook(lambda m, a, o: outputs.append(o[0].clone()))
+    try:
+        with Engine(adapter, pipe, Plan(ratios, layout.sublayers), **adapter.engine_cfg(GUIDANCE)) as engine:
+            sample(adapter, pipe, steps=2)
+            assert engine.states == {} and engine._other_branches == {}  # freed after the last step
+    finally:
+        handle.remove()
+    assert len(outputs) == 4  # 2 steps × (cond, uncond)
+    assert (outputs[2] - outputs[3]).abs().max() > 1e-4
+
+
+def test_an_engine_told_of_one_call_per_step_refuses_the_second_branch_as_a_step_past_the_plan(wan):
+    adapter, pipe = wan
+    layout = adapter.layout(pipe)
+    with Engine(adapter, pipe, Plan.full(2, layout.blocks, layout.sublayers), branches=1):
+        with pytest.raises(RuntimeError, match="called for step 2 but the plan has 2 steps"):
+            sample(adapter, pipe, steps=2)
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("fora", {"interval": 2}), ("deepcache", {"interval": 2}), ("taylorseer", {"interval": 2}),
+    ("toca", {"fresh_ratio": 0.3, "threshold": 3, "grid": 2}), ("duca", {"fresh_ratio": 0.75, "threshold": 3, "grid": 2}),
+])
+def test_every_static_method_runs_on_wan_and_stays_near_the_full_model(wan, name, settings):
+    adapter, pipe = wan
+    full = sample(adapter, pipe, steps=6).float()
+    method = make_method(name, **settings)
+    with Engine(adapter, pipe, method.plan(6, adapter.layout(pipe)), method.ranking(), **adapter.engine_cfg(GUIDANCE)):
+        ours = sample(adapter, pipe, steps=6).float()
+    err = (ours - full).abs().mean().item()
+    assert 0 < err < 5, err  # changed, but a few grey levels from the full model (of 255)
+
+
+def test_dicache_on_separate_cfg_calls_is_refused_clearly(wan):
+    adapter, pipe = wan
+    method = make_method("dicache", threshold=0.1)
+    with pytest.raises(ValueError, match="not supported yet on models with separate CFG calls"):
+        Engine(adapter, pipe, method.plan(4, adapter.layout(pipe)), controller=method.controller(4, 3),
+               **adapter.engine_cfg(GUIDANCE))
+
+
+def test_full_size_wan_macs_per_branch_and_step_match_the_measured_reference():
+    """diffusers-internals §4.2: Wan2.1-1.3B at 480×832×81 frames, 41,047 G linear+conv per forward; with
+    separate CFG both calls run, so the total counts two forwards (attention included: 2 × 141,501 G)."""
+    from metrics.macs import count_macs
+
+    adapter = get_adapter("wan21_t2v_1_3b")
+    assert adapter.token_grid() == (21 * 30, 52)  # 21 latent frames × 30 rows, 52 columns = 32,760 tokens
+    pipe = adapter.build("meta", scheduler="unipc_flow")
+    assert sum(p.numel() for p in pipe.transformer.parameters()) == pytest.approx(1.419e9, rel=1e-3)
+    with count_macs(adapter.denoiser(pipe)) as tally:
+        assert adapter.sample(pipe, ["x"], [0], num_steps=1, guidance_scale=GUIDANCE) is None
+    macs = tally.per_image(1, adapter.cfg_branches(GUIDANCE))
+    assert macs["denoiser_calls"] == 2
+    assert macs["macs_c1"] == pytest.approx(41.047e12, rel=1e-4)
+    assert macs["macs_total"] == pytest.approx(2 * 141.501e12, rel=1e-4)
