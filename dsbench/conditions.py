@@ -21,6 +21,9 @@ DATASET_FILES = {
     "vbench": ("datasets/vbench/VBench_full_info.json",
                "VBench's prompt suite, 946 entries: it ships in the vbench wheel (envs/.venv-vbench/lib/python3.*/"
                "site-packages/vbench/VBench_full_info.json), or get it from https://github.com/Vchitect/VBench"),
+    "webvid_captions": ("datasets/webvid/webvid_10k_captions.txt",
+                        "10,000 captions, one per line, drawn from WebVid-10M's metadata (results_10M_train.csv, "
+                        "column `name`): DiffSparse's Wan2.1 training set (paper §4.1)"),
 }
 VBENCH_DATASETS = ("vbench", "vbench_tiny")
 

@@ -2,9 +2,10 @@
 and how to get what is missing. `dsbench doctor` exits non-zero while anything is missing.
 
 Tables of the configured matrix are derived from the config (their model, its dataset and reference,
-the configured metric networks). The paper's Tables 3 (Wan2.1, VBench) and 9 (FLUX.1-schnell,
-ImageReward) have no model adapter here yet; their needs are listed from ``PAPER_ONLY_TABLES`` whenever
-the config runs real models, so a user preparing a cluster sees the whole list at once.
+the configured metric networks). Video models (Wan2.1, Table 3) need VBench's
+suite, models and environment instead of the image metrics. The paper's Table 9 (FLUX.1-schnell,
+ImageReward) has no model adapter here yet, nor Table 3 in a config without a video model: their needs
+are listed whenever the config runs real models, so a user preparing a cluster sees the whole list at once.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from dsbench.conditions import DATASET_FILES, dataset_path
 from dsbench.config import GENERATED_REFERENCES
+from models.registry import get_preset  # pure data: no torch import
 
 CLIP_HINT = "hf download timm/vit_large_patch14_clip_224.openai open_clip_pytorch_model.bin && cp <that file> {path}"
 REFERENCE_HELP = {
@@ -26,16 +28,16 @@ def _row(what, needed_by, where, present, how) -> dict:
 
 def _model_rows(config: dict, name: str, label: str) -> list[dict]:
     from models import get_adapter
-    from models.registry import get_preset
     from models.weights import fetch_hint, is_present
 
     m, res_dir, rows = config["models"][name], Path(config["resources"]), []
     if m["source"] == "real":
         repos = [m["weights"]] if m.get("weights") else get_adapter(name).weight_repos()
         rows += [_row("weights", label, repo, is_present(repo), fetch_hint(repo)) for repo in repos]
-    path = dataset_path(m["dataset"], res_dir)
-    if m["dataset"] in DATASET_FILES:
-        rows.append(_row("dataset", label, path, path.is_file(), DATASET_FILES[m["dataset"]][1]))
+    for kind, dataset in (("dataset", m["dataset"]), ("training captions", m.get("train_dataset"))):
+        if dataset in DATASET_FILES:
+            path = dataset_path(dataset, res_dir)
+            rows.append(_row(kind, label, path, path.is_file(), DATASET_FILES[dataset][1]))
     if m["source"] == "proxy":
         from models.proxy import ProxyWeightsError, proxy_dir, verified
 
@@ -71,11 +73,13 @@ def _metric_rows(config: dict, name: str, label: str) -> list[dict]:
 
     m, wdir = config["metrics"], weights_dir(config)
     text = config["models"][name]["dataset"] not in ("imagenet_classes", "shapes_classes")
-    rows = []
-    if m["fid_network"] == "inception":
+    video = get_preset(name).is_video
+    rows = _vbench_rows(config, label) if video and m.get("vbench", {}).get("backend", "real") == "real" else []
+    if m["fid_network"] == "inception" and not video:
         path = wdir / INCEPTION_FILE
         rows.append(_row("FID Inception", label, path, path.is_file(), f"curl -L -o {path} {INCEPTION_URL}"))
     mode = m.get("clip_mode", "correct")
+    text = text and not video
     if text and m["clip_network"] in WEIGHT_FILES and mode in ("correct", "both"):
         path = wdir / WEIGHT_FILES[m["clip_network"]]
         rows.append(_row("CLIP (open_clip)", label, path, path.is_file(), CLIP_HINT.format(path=path)))
@@ -89,28 +93,43 @@ def _metric_rows(config: dict, name: str, label: str) -> list[dict]:
     return rows
 
 
+def _env_row(name: str, label: str) -> dict:
+    from metrics import external
+
+    d = external.env_dir(name, "envs")  # relative, as workflow/rules/envs.smk builds it
+    return _row(f"{name} environment", label, d, (d / external.MARKER).is_file(), external.build_hint(name, "envs"))
+
+
+def _vbench_rows(config: dict, label: str) -> list[dict]:
+    """VBench's model files (every dimension) and its environment."""
+    from metrics import vbench
+
+    wdir = Path(config["resources"]) / "weights"
+    rows = [_row("VBench model", label, p, p.exists(), how) for p, how in vbench.required_files(None, wdir / "vbench")]
+    return rows + [_env_row("vbench", label)]
+
+
 def _paper_only_rows(config: dict) -> list[dict]:
-    """Tables 3 and 9: their models, prompts, scorers' files and the scorers' own virtual environments."""
-    from metrics import external, imagereward, vbench
+    """Tables without a configured model: 3 (unless a video model is configured) and 9, with their models,
+    prompts, scorers' files and the scorers' own virtual environments."""
+    from metrics import imagereward
     from models.weights import fetch_hint, is_present
 
     res, wdir = Path(config["resources"]), Path(config["resources"]) / "weights"
     rows = []
-    for label, repo in (("table3", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), ("table9", "black-forest-labs/FLUX.1-schnell")):
-        rows.append(_row("weights", label, repo, is_present(repo), fetch_hint(repo)))
-    full_info = res / "datasets" / "vbench" / "VBench_full_info.json"
-    rows.append(_row("dataset", "table3", full_info, full_info.is_file(), vbench.FULL_INFO_HINT))
-    rows += [_row("VBench model", "table3", p, p.exists(), how)
-             for p, how in vbench.required_files(None, wdir / "vbench")]
+    if not any(get_preset(name).is_video for name in config["models"]):
+        repo = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+        rows.append(_row("weights", "table3", repo, is_present(repo), fetch_hint(repo)))
+        full_info = dataset_path("vbench", res)
+        rows.append(_row("dataset", "table3", full_info, full_info.is_file(), DATASET_FILES["vbench"][1]))
+        rows += _vbench_rows(config, "table3")
+    repo = "black-forest-labs/FLUX.1-schnell"
+    rows.append(_row("weights", "table9", repo, is_present(repo), fetch_hint(repo)))
     parti = dataset_path("partiprompts", res)
     rows.append(_row("dataset", "table9", parti, parti.is_file(), DATASET_FILES["partiprompts"][1]))
     rows += [_row("ImageReward model", "table9", p, p.exists(), how)
              for p, how in imagereward.required_files(wdir / "imagereward")]
-    for label, name in (("table3", "vbench"), ("table9", "imagereward")):
-        d = external.env_dir(name, "envs")  # relative, as workflow/rules/envs.smk builds it
-        rows.append(_row(f"{name} environment", label, d, (d / external.MARKER).is_file(),
-                         external.build_hint(name, "envs")))
-    return rows
+    return rows + [_env_row("imagereward", "table9")]
 
 
 def check(config: dict) -> list[dict]:

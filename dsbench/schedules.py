@@ -29,7 +29,8 @@ def train_cell(cell: Cell, out: str | Path, *, force: bool = False, progress: bo
     if out.exists() and not force:
         raise FileExistsError(f"{out} already holds a trained schedule; pass --force to train over it")
     s = method.settings
-    conditions = load_training_conditions(cell.model_cfg["dataset"], s.samples, cell.config["resources"])
+    dataset = cell.model_cfg.get("train_dataset", cell.model_cfg["dataset"])
+    conditions = load_training_conditions(dataset, s.samples, cell.config["resources"])
     lpips_net = None
     if s.loss == "lpips":
         from metrics.networks import load_lpips

@@ -102,6 +102,8 @@ METRIC_FORMATS: dict[str, MetricFormat] = {
     "ssim": MetricFormat("SSIM", 4),
     "lpips": MetricFormat("LPIPS", 4),
     "vbench": MetricFormat("VBench", 2),
+    "vbench_quality": MetricFormat("VBench Quality", 2),
+    "vbench_semantic": MetricFormat("VBench Semantic", 2),
     "image_reward": MetricFormat("ImageReward", 3),
     "latency_s": MetricFormat("Latency (s)", 3),
 }

@@ -31,7 +31,7 @@ def test_shipped_config_validates(name):
     assert "fidelity_samples" in cfg
     for model in cfg["models"].values():
         assert "none" in model["methods"]
-        assert model.get("reference") in ("coco2017_val", "imagenet_adm", "heldout")
+        assert model.get("reference") in ("coco2017_val", "imagenet_adm", "heldout", "vbench")
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "tests/tiny.yaml"])

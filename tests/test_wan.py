@@ -120,3 +120,28 @@ def test_full_size_wan_macs_per_branch_and_step_match_the_measured_reference():
     assert macs["denoiser_calls"] == 2
     assert macs["macs_c1"] == pytest.approx(41.047e12, rel=1e-4)
     assert macs["macs_total"] == pytest.approx(2 * 141.501e12, rel=1e-4)
+
+
+def test_video_shards_export_as_vbench_names_them_resumably_and_images_are_refused(tmp_path):
+    import imageio.v3 as iio
+
+    from dsbench.samples import shard_path, write_shard
+    from dsbench.videos import export_videos
+
+    rng = np.random.default_rng(0)
+    videos = np.repeat(rng.integers(0, 256, (3, 1, 16, 16, 3), dtype=np.uint8), 5, axis=1).repeat(2, 2).repeat(2, 3)
+    write_shard(shard_path(tmp_path / "s", 0), videos[:2], [0, 1], [7, 8], {})
+    write_shard(shard_path(tmp_path / "s", 1), videos[2:], [2], [9], {})
+    names = ["a cat-0.mp4", "a cat-1.mp4", "a dog-0.mp4"]
+    out = export_videos(tmp_path / "s", 3, 2, names, tmp_path / "v")
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)        # no temporary file left behind
+    back = iio.imread(out / "a dog-0.mp4")
+    assert back.shape == (5, 32, 32, 3) and np.abs(back.astype(float) - videos[2]).mean() < 20  # lossy H.264
+    stamp = (out / "a cat-0.mp4").stat().st_mtime_ns
+    export_videos(tmp_path / "s", 3, 2, names, tmp_path / "v")             # a rerun keeps what is there
+    assert (out / "a cat-0.mp4").stat().st_mtime_ns == stamp
+    write_shard(shard_path(tmp_path / "i", 0), videos[:1, 0], [0], [7], {})
+    with pytest.raises(ValueError, match="holds images, not videos"):
+        export_videos(tmp_path / "i", 1, 1, ["x-0.mp4"], tmp_path / "w")
+    with pytest.raises(ValueError, match="2 file names for 3 samples"):
+        export_videos(tmp_path / "s", 3, 2, names[:2], tmp_path / "v")

@@ -26,3 +26,11 @@ def with_dit(cfg: dict, **model_over) -> dict:
                                  "dataset": "imagenet_classes", "num_samples": 4, "methods": ["none", "steps_50"],
                                  **model_over}
     return config_mod.validate(cfg)
+
+
+def with_wan(cfg: dict, **model_over) -> dict:
+    cfg = copy.deepcopy(cfg)
+    cfg["models"]["tiny_wan"] = {"source": "tiny", "steps": 4, "scheduler": "unipc_flow", "guidance_scale": 5.0,
+                                 "dataset": "vbench_tiny", "num_samples": 45, "reference": "vbench",
+                                 "methods": ["none", "steps_50"], **model_over}
+    return config_mod.validate(cfg)

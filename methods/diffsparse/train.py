@@ -81,6 +81,11 @@ def make_loss(name: str, lpips_net: torch.nn.Module | None) -> Callable[[torch.T
     raise ValueError(f"unknown loss {name!r}")
 
 
+def _frames(x: torch.Tensor) -> torch.Tensor:
+    """Videos (N, frames, C, H, W) as N·frames images: the image losses then apply frame by frame."""
+    return x.flatten(0, 1) if x.ndim == 5 else x
+
+
 # ---- the trainer -----------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, adapter, pipe, method: DiffSparse, *, conditions: Sequence, num_steps: int,
@@ -167,7 +172,7 @@ class Trainer:
                                                 guidance_scale=self.g, grad=True)
         finally:
             eng.relax(None)
-        return self.loss_fn(teacher * 2 - 1, student * 2 - 1).mean(), units
+        return self.loss_fn(_frames(teacher) * 2 - 1, _frames(student) * 2 - 1).mean(), units
 
     def train(self, checkpoint_path: str | Path | None = None, progress: bool = True) -> Schedule:
         from dsbench.io import atomic_path
@@ -200,7 +205,7 @@ class Trainer:
                     loss.backward()
                     opt.step()
                     it += 1
-                    self.log.append({"stage": stage, "iteration": it, "loss": float(loss),
+                    self.log.append({"stage": stage, "iteration": it, "loss": float(loss.detach()),
                                      "mean_sparsity": float(units.double().mean()) * self.method.config.interval})
                     bar.update(1)
                     bar.set_postfix(stage=stage, loss=f"{float(loss):.4f}")
@@ -242,7 +247,7 @@ class Trainer:
                     torch.no_grad():
                 student = self.adapter.sample_float(self.pipe, conditions, seeds, num_steps=self.T,
                                                     guidance_scale=self.g)
-                return float(self.loss_fn(teacher * 2 - 1, student * 2 - 1).mean())
+                return float(self.loss_fn(_frames(teacher) * 2 - 1, _frames(student) * 2 - 1).mean())
         return f
 
     def search(self, settings, progress: bool = True) -> Schedule:
