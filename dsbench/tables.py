@@ -257,6 +257,26 @@ def _to_float(value: Any) -> float:
         return math.nan
 
 
+def rank_agreement(ours: pd.Series, paper: pd.Series) -> tuple[float, int]:
+    """Spearman's ρ between our values and the paper's over the rows that have both (average ranks for
+    ties; pandas' own "spearman" needs scipy), and that row count; NaN under 3 rows or a constant column."""
+    both = pd.DataFrame({"ours": ours, "paper": paper}).dropna()
+    if len(both) < 3 or both["ours"].nunique() < 2 or both["paper"].nunique() < 2:
+        return math.nan, len(both)
+    return float(both["ours"].rank().corr(both["paper"].rank())), len(both)
+
+
+def _agreement_note(df: pd.DataFrame, layout: list[_Col]) -> str | None:
+    parts = []
+    for c in layout:
+        if c.source == "paper":
+            rho, n = rank_agreement(df[f"{c.metric}_ours"], df[c.key])
+            if not math.isnan(rho):
+                parts.append(f"{_metric_format(c.metric).title} {rho:+.2f} ({n} rows)")
+    return ("Rank agreement with the paper, Spearman's ρ over the rows with both values: " + "; ".join(parts)
+            + ".") if parts else None
+
+
 def _render_markdown(table_name: str, df: pd.DataFrame, layout: list[_Col],
                      notes: Sequence[str]) -> str:
     header = ["Method"] + [c.title for c in layout]
@@ -420,6 +440,8 @@ def render_table(
         df[c.key] = df[c.key].astype(float)
     df["in_ours"] = df["in_ours"].astype(bool)
 
+    agreement = _agreement_note(df, layout)
+    notes = notes + [agreement] if agreement else notes
     # render everything before writing anything, then write each file atomically
     csv_text = df.to_csv(index=False, lineterminator="\n")
     md_text = _render_markdown(table_name, df, layout, notes)

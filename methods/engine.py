@@ -80,13 +80,13 @@ class _SublayerHook(ModelHook):
 def _split_tokens(args, kwargs):
     """The token tensor a sub-layer is called with, and a function to call it with other tokens."""
     if args:
-        return args[0], lambda fwd, x, **extra: fwd(x, *args[1:], **{**kwargs, **extra})
+        return args[0], lambda fwd, x: fwd(x, *args[1:], **kwargs)
     x = kwargs["hidden_states"]
-    return x, lambda fwd, x, **extra: fwd(**{**kwargs, "hidden_states": x, **extra})
+    return x, lambda fwd, x: fwd(**{**kwargs, "hidden_states": x})
 
 
 def _named(forward, args, kwargs) -> dict:
-    """A call's arguments by name (Wan passes attn1's positionally, and extra keywords must replace them)."""
+    """A call's arguments by name, the token tensor first."""
     bound = inspect.signature(forward).bind(*args, **kwargs)
     named = {}
     for name, value in bound.arguments.items():
@@ -297,10 +297,13 @@ class Engine:
                                      last_input=state.last_input, staleness=state.staleness, grid=self.grid)
         idx = choose(scores, k, self.cfg_halves)
         if kind == "self_attn":  # keys/values from every token
-            named = _named(forward, args, kwargs)
-            x_name = next(iter(named))
-            named.update(self.adapter.subset_attention_kwargs(x, idx, named), **{x_name: _gather(x, idx)})
-            run = lambda: forward(**named)  # noqa: E731
+            if len(args) > 1:  # Wan passes attn1's arguments positionally: name them so they can be replaced
+                named = _named(forward, args, kwargs)
+                named.pop(next(iter(named)))
+            else:  # the common case, without the cost of binding a signature on every call
+                named = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            named.update(self.adapter.subset_attention_kwargs(x, idx, named))
+            run = lambda: forward(_gather(x, idx), **named)  # noqa: E731
         else:
             run = lambda: call(forward, _gather(x, idx))  # noqa: E731
         fresh = self._observed(module, kind, block, idx, kwargs, run)
