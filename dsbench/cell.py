@@ -66,6 +66,11 @@ class Cell:
     def num_samples(self) -> int:
         return self.model_cfg["num_samples"]
 
+    @property
+    def batch_size(self) -> int:
+        """Samples per pipeline call: the model's own setting, else the config's."""
+        return self.model_cfg.get("batch_size", self.config["batch_size"])
+
     def check_ready(self) -> None:
         """Fail before any model is built if the method needs an artefact that is missing or stale
         (a DiffSparse schedule not trained yet, or trained for other settings)."""
@@ -82,7 +87,7 @@ class Cell:
     def build_pipeline(self, device: str | None = None, meta: bool = False):
         source = "meta" if meta else self.model_cfg["source"]
         return self.adapter.build(
-            source, device=device or self.config["device"], dtype=DTYPES[self.config["dtype"]],
+            source, device=device or self.config["device"], dtype=DTYPES[self.model_cfg.get("dtype", self.config["dtype"])],
             scheduler=self.model_cfg["scheduler"], weights=self.model_cfg.get("weights"), seed=self.config["seed"])
 
     def plan(self, pipe):

@@ -50,7 +50,7 @@ def generate(cell: Cell, out_dir: str | Path | None = None, shards: list[int] | 
     cell.check_ready()
     pipe = cell.build_pipeline()
     meta = shard_meta(cell) | {"base_seed": seed0}
-    batch = cell.config["batch_size"]
+    batch = cell.batch_size
     with cell.accelerated(pipe) as engine:
         for k in tqdm(todo, desc=f"{cell.model}/{cell.method}", disable=not progress):
             idx = list(ranges[k])

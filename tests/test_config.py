@@ -225,3 +225,19 @@ def test_cli_bad_config_file_names_the_key(dsbench_cli, tiny_yaml, tmp_path):
     p = dsbench_cli("macs", "--config", str(bad), "--model", "tiny_pixart", "--method", "none")
     assert p.returncode == 2, p.stdout + p.stderr
     assert "invalid config at methods.steps_50.ratio" in p.stderr
+
+
+def test_a_model_may_set_its_own_dtype_and_batch_size():
+    import torch
+
+    from dsbench.cell import Cell
+    from tests.util import tiny_config
+
+    cfg = tiny_config(model={"dtype": "bfloat16", "batch_size": 3})
+    cell = Cell(cfg, "tiny_pixart", "none")
+    assert cell.batch_size == 3 and cfg["batch_size"] != 3
+    assert cell.build_pipeline().transformer.dtype == torch.bfloat16
+    plain = Cell(tiny_config(), "tiny_pixart", "none")
+    assert plain.batch_size == plain.config["batch_size"]
+    with pytest.raises(dsconfig.ConfigError, match="dtype"):
+        tiny_config(model={"dtype": "float8"})
