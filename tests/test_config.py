@@ -241,3 +241,16 @@ def test_a_model_may_set_its_own_dtype_and_batch_size():
     assert plain.batch_size == plain.config["batch_size"]
     with pytest.raises(dsconfig.ConfigError, match="dtype"):
         tiny_config(model={"dtype": "float8"})
+
+
+@pytest.mark.parametrize("model", ["mid_pixart", "tiny_wan", "wan21_t2v_1_3b", "dit_xl_2_256"])
+def test_engine_speed_benchmark_builds_a_valid_config_for_each_family(model):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("engine_speed", ROOT / "benchmarks" / "engine_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = bench.bench_config(20, 1, 3, model, "cuda")
+    entry = cfg["models"][model]
+    assert entry["source"] == ("tiny" if model in ("mid_pixart", "tiny_wan") else "random")
+    assert ("dicache" in entry["methods"]) == (not model.endswith("wan") and "wan" not in model)
