@@ -3,6 +3,7 @@ activation checkpointing. Teacher sampling (no grad) + student sampling through 
 
     python benchmarks/diffsparse_train_step.py                                   # CPU: mid_pixart, random weights
     python benchmarks/diffsparse_train_step.py --model pixart_alpha_256 --device cuda   # full size (GPU)
+    python benchmarks/diffsparse_train_step.py --model wan21_t2v_1_3b --device cuda --dtype bfloat16
 
 Memory is the bytes autograd saves for the backward pass (torch.autograd.graph.saved_tensors_hooks,
 each storage counted once): the same on any device, and on CUDA also torch.cuda.max_memory_allocated.
@@ -60,10 +61,10 @@ def main() -> None:
     args = ap.parse_args()
     adapter = get_adapter(args.model)
     source = "tiny" if adapter.preset.is_tiny else "random"
-    pipe = adapter.build(source, device=args.device, dtype=getattr(torch, args.dtype), scheduler="dpm_solver_pp"
-                         if adapter.family == "pixart" else "ddim")
+    scheduler = {"pixart": "dpm_solver_pp", "dit": "ddim", "wan": "unipc_flow"}[adapter.family]
+    pipe = adapter.build(source, device=args.device, dtype=getattr(torch, args.dtype), scheduler=scheduler)
     lpips_net = load_lpips("tiny", args.device).requires_grad_(False)
-    conds = ["a photo"] * args.batch if adapter.family == "pixart" else [0] * args.batch
+    conds = [0] * args.batch if adapter.family == "dit" else ["a photo"] * args.batch
     print(f"{args.model} ({source} weights) on {args.device}, {args.steps} steps, batch {args.batch}, {args.dtype}")
     results = {}
     for ckpt in (False, True):
@@ -81,7 +82,7 @@ def main() -> None:
     # With checkpointing each step's snapshot also keeps the caches it reads (one output per sub-layer).
     h, w = adapter.token_grid()
     cfg = pipe.transformer.config
-    rows = args.batch * adapter.cfg_halves(4.5)
+    rows = args.batch * adapter.cfg_branches(4.5)
     caches = (args.steps - 1) * len(tr.layout.sublayers) * tr.layout.blocks * rows * h * w \
         * cfg.num_attention_heads * cfg.attention_head_dim * torch.finfo(getattr(torch, args.dtype)).bits // 8
     print(f"checkpointing: {m1 / m0:.3f}x the saved activations for {t1 / t0:.2f}x the time; the snapshots "
