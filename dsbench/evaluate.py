@@ -23,7 +23,8 @@ def weights_dir(config: dict) -> Path:
     return Path(config["resources"]) / "weights"
 
 
-def _device(config: dict) -> str:
+def device_for(config: dict) -> str:
+    """The configured device, or the CPU where CUDA is configured but absent."""
     import torch
 
     return config["device"] if not str(config["device"]).startswith("cuda") or torch.cuda.is_available() else "cpu"
@@ -33,7 +34,7 @@ def _fid_network(config: dict):
     from metrics.networks import load_fid_network
 
     m = config["metrics"]
-    return load_fid_network(m["fid_network"], weights_dir(config), _device(config), m.get("fid_mode", "clean"))
+    return load_fid_network(m["fid_network"], weights_dir(config), device_for(config), m.get("fid_mode", "clean"))
 
 
 def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | Path | None = None) -> dict:
@@ -54,7 +55,7 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     from metrics.networks import load_lpips
     from metrics.shapes_classifier import load_shapes_classifier
 
-    dev, m = _device(config), config["metrics"]
+    dev, m = device_for(config), config["metrics"]
     text = cell.adapter.family != "dit" and m["clip_network"] != "none"
     # Every network and reference is loaded (a missing file is an error) before any feature work.
     adm = _adm(cell, reference) if cell.model_cfg.get("reference") in ADM_REFERENCES else None
@@ -127,7 +128,7 @@ def _adm_extractor(cell: Cell):
     """ADM's Inception (imagenet_adm), or the shapes classifier in its contract (shapes_adm)."""
     from metrics.adm import load_adm_extractor
 
-    dev = _device(cell.config)
+    dev = device_for(cell.config)
     if cell.model_cfg.get("reference") == "shapes_adm":
         from metrics.shapes_classifier import ShapesAdmExtractor, load_shapes_classifier
         from models.proxy import proxy_dir
@@ -156,13 +157,11 @@ def _image_reward(config: dict, n: int | None, dev):
     """ImageReward (Table 9), files and environment checked now; ``n``: PartiPrompts' exact count, each
     prompt equally often (None elsewhere). ``python: current`` runs the worker with this interpreter (the
     fake backend is stdlib-only: smoke runs)."""
-    import sys
-
-    from metrics.external import env_python
+    from metrics.external import configured_python
     from metrics.imagereward import ImageRewardScore
 
     cfg = config["metrics"]["image_reward"]
-    python = sys.executable if cfg.get("python") == "current" else cfg.get("python") or env_python("imagereward", "envs")
+    python = configured_python("imagereward", cfg.get("python"))
     return ImageRewardScore(backend=cfg.get("backend", "real"), weights_dir=weights_dir(config) / "imagereward",
                             device=str(dev), expected_n=n, python=python)
 
@@ -194,16 +193,16 @@ def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "res
         from metrics.adm import reference_pool_features
 
         ref, extractor = _adm(cell, Path(out))
-        feats = reference_pool_features(ref, extractor, _device(config), cache_path=out)
+        feats = reference_pool_features(ref, extractor, device_for(config), cache_path=out)
         return {"n": len(feats), "network_id": extractor.network_id}
     if kind == "shapes_adm":  # our own ADM-format batch: renders + the shapes extractor's moments
         from metrics.adm import write_adm_reference
 
         extractor = _adm_extractor(cell)
         ref = write_adm_reference(out, _shapes_batches(cell.model_cfg.get("reference_samples", 2000), res),
-                                  extractor, _device(config))
+                                  extractor, device_for(config))
         return {"n": ref.n_images, "network_id": extractor.network_id}
-    dev, fid_net = _device(config), _fid_network(config)
+    dev, fid_net = device_for(config), _fid_network(config)
     if kind == "heldout":
         n = cell.model_cfg.get("reference_samples", cell.num_samples)
         heldout = {**cell.config, "models": {cell.model: {**cell.model_cfg, "num_samples": n}}}

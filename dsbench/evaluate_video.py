@@ -1,7 +1,6 @@
 """Quality metrics of one video cell (Table 3): VBench on its videos, and fidelity to `none` frame by frame."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from dsbench.cell import Cell
@@ -11,19 +10,19 @@ from models.registry import get_preset
 
 def vbench_settings(config: dict, dataset: str) -> dict:
     """evaluate_vbench's keyword arguments from the config: backend, interpreter, model cache, suite size."""
-    from metrics.external import env_python
+    from metrics.external import configured_python
     from metrics.vbench import FULL_INFO_ENTRIES, check_dimensions
 
     vb = config["metrics"].get("vbench", {})
-    python = sys.executable if vb.get("python") == "current" else vb.get("python") or env_python("vbench", "envs")
     return {"dimensions": check_dimensions(vb.get("dimensions")), "backend": vb.get("backend", "real"),
-            "python": python, "cache": Path(config["resources"]) / "weights" / "vbench",
+            "python": configured_python("vbench", vb.get("python")),
+            "cache": Path(config["resources"]) / "weights" / "vbench",
             "expected_entries": FULL_INFO_ENTRIES if dataset == "vbench" else None}
 
 
 def evaluate_video(cell: Cell, samples_root: str | Path = "results") -> dict:
     from dsbench.conditions import dataset_path, vbench_videos
-    from dsbench.evaluate import _device
+    from dsbench.evaluate import device_for
     from dsbench.videos import export_videos
     from metrics.fidelity import Fidelity
     from metrics.networks import load_lpips
@@ -35,7 +34,7 @@ def evaluate_video(cell: Cell, samples_root: str | Path = "results") -> dict:
                          f"not {dataset!r}")
     # Suite, scorer files and networks are checked before any video is written.
     names = [name for _, _, name in vbench_videos(dataset, n, config["resources"])]
-    settings, dev = vbench_settings(config, dataset), _device(config)
+    settings, dev = vbench_settings(config, dataset), device_for(config)
     if settings["backend"] == "real":
         check_files(settings["dimensions"], settings["cache"])
     lpips_net = load_lpips(config["metrics"]["lpips_network"], dev) if config["fidelity_samples"] else None

@@ -73,6 +73,16 @@ def env_python(name: str, envs_root: str | Path | None = None) -> Path:
     return python
 
 
+def configured_python(name: str, python: str | None) -> str | Path:
+    """The worker interpreter a metric's config names: `current` (this one; the fake backends are
+    stdlib-only), a path, or by default the environment the workflow builds under envs/."""
+    if python == "current":
+        import sys
+
+        return sys.executable
+    return python or env_python(name, "envs")
+
+
 def env_info(name: str, envs_root: str | Path | None = None) -> dict | None:
     """What the build recorded (requirements hash, Python, `pip freeze`), or None when not built."""
     marker = env_dir(name, envs_root) / MARKER
