@@ -38,9 +38,9 @@ def bench_config(steps: int, batch: int, repeats: int, model: str = "mid_pixart"
     cfg["methods"]["dicache"]["threshold"] = 0.3
     for v in ("toca", "duca"):
         cfg["methods"][v]["grid"] = 4 if preset.family != "wan" else 2
-    methods = [m for m in METHODS if not (m == "dicache" and preset.family == "wan")]  # not on Wan yet
     cfg["models"] = {model: {"source": "tiny" if preset.is_tiny else "random", "dataset": "tiny_prompts",
-                             **SETTINGS[preset.family], "steps": steps, "num_samples": max(batch, 2), "methods": methods}}
+                             **SETTINGS[preset.family], "steps": steps, "num_samples": max(batch, 2),
+                             "methods": METHODS}}
     cfg["latency"] = {"warmup": 1, "repeats": repeats, "batch_size": batch}
     cfg["device"], cfg["tables"] = device, {}
     return config_mod.validate(cfg)

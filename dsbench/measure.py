@@ -22,6 +22,7 @@ def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
         cell.sample(pipe, engine, conds, [sample_seed(cell.config["seed"], i) for i in range(images)])
         runs = list(engine.controller.runs) if engine.controller is not None else None
     per_image = tally.per_image(images, cell.adapter.cfg_branches(cell.model_cfg["guidance_scale"]))
+    # One entry per sample and denoiser stream (Wan: cond and uncond decide apart).
     extra = {"images": images, "full_steps_mean": sum(runs) / len(runs), "full_steps": runs} if runs else {}
     return {"model": cell.model, "method": cell.method, "device": device, "num_steps": cell.num_steps,
             **per_image, **extra, "macs_by_op": {k: v / images for k, v in tally.per_op.items()},

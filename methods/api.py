@@ -29,7 +29,8 @@ class Accelerated:
             self.engine.plan_for = lambda steps: (self._retain(steps), method.plan(steps, layout))[1]
 
     def _retain(self, steps: int) -> None:
-        self.engine.controller.retained = self.method.retained(steps)
+        for controller in self.engine.controllers:
+            controller.retained = self.method.retained(steps)
 
     def attach(self) -> "Accelerated":
         self.engine.attach()

@@ -17,6 +17,7 @@ own hooks leak state between calls on PixArt/DiT, see shared/reference/diffusers
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -97,6 +98,12 @@ def _named(forward, args, kwargs) -> dict:
     return named
 
 
+def _branch_copy(controller):
+    twin = copy.deepcopy(controller)
+    twin.runs = controller.runs  # one record: a run adds one entry per branch
+    return twin
+
+
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
@@ -114,11 +121,11 @@ class Engine:
         step keeps its own caches and ranking statistics."""
         if plan is None and plan_for is None:
             raise ValueError("an engine needs a plan, or plan_for to build one per pipeline call")
-        if branches > 1 and controller is not None:
-            raise ValueError("run-time step decisions (DiCache) are not supported yet on models with separate "
-                             "CFG calls (Wan)")
         self.adapter, self.pipe, self.cfg_halves, self.branches = adapter, pipe, cfg_halves, branches
         self.ranking, self.controller, self.plan_for = ranking, controller, plan_for  # controller: a dynamic rule
+        # One controller per branch, as each branch decides on its own probe; they share one record of runs.
+        self.controllers = [controller] + [_branch_copy(controller) for _ in range(branches - 1)] \
+            if controller is not None else []
         if ranking is not None:
             ranking.check_model(set(adapter.sublayer_kinds.values()))
         self.grid = adapter.token_grid()
@@ -208,6 +215,8 @@ class Engine:
     def reset(self) -> None:
         self.step = -1
         self._calls, self.branch = 0, 0
+        if self.controllers:
+            self.controller = self.controllers[0]
         self._free()
 
     def _free(self) -> None:
@@ -216,8 +225,8 @@ class Engine:
         self._other_branches.clear()
         if self.ranking is not None:
             self.ranking.reset()
-        if self.controller is not None:
-            self.controller.reset()
+        for controller in self.controllers:
+            controller.reset()
 
     def __enter__(self):
         return self.attach()
@@ -253,12 +262,14 @@ class Engine:
         self.states, self.block_cache, stats = self._other_branches.pop(branch, ({}, {}, {}))
         if self.ranking is not None:
             self.ranking._stats = stats
+        if self.controllers:
+            self.controller = self.controllers[branch]
         self.branch = branch
 
     def _end_step(self) -> None:
         if self.step == self.plan.steps - 1 and self.branch == self.branches - 1:
-            if self.controller is not None:
-                self.controller.finish()
+            for controller in self.controllers:
+                controller.finish()
             self._free()  # the run is over: free every cached tensor
 
     def _run_block(self, block: int, forward, args, kwargs):

@@ -253,4 +253,4 @@ def test_engine_speed_benchmark_builds_a_valid_config_for_each_family(model):
     cfg = bench.bench_config(20, 1, 3, model, "cuda")
     entry = cfg["models"][model]
     assert entry["source"] == ("tiny" if model in ("mid_pixart", "tiny_wan") else "random")
-    assert ("dicache" in entry["methods"]) == ("wan" not in model)   # DiCache is not on Wan yet
+    assert entry["methods"] == bench.METHODS

@@ -97,12 +97,32 @@ def test_every_static_method_runs_on_wan_and_stays_near_the_full_model(wan, name
     assert 0 < err < 5, err  # changed, but a few grey levels from the full model (of 255)
 
 
-def test_dicache_on_separate_cfg_calls_is_refused_clearly(wan):
+def test_dicache_decides_per_cfg_branch_on_wan(wan):
+    """DiCache's run-time controller: one per branch (each probes its own stream), one record of runs."""
     adapter, pipe = wan
-    method = make_method("dicache", threshold=0.1)
-    with pytest.raises(ValueError, match="not supported yet on models with separate CFG calls"):
-        Engine(adapter, pipe, method.plan(4, adapter.layout(pipe)), controller=method.controller(4, 3),
-               **adapter.engine_cfg(GUIDANCE))
+    method = make_method("dicache", threshold=0.3)
+    layout = adapter.layout(pipe)
+    full = adapter.sample(pipe, PROMPTS[:1], SEEDS[:1], num_steps=6, guidance_scale=GUIDANCE).float()
+    engine = Engine(adapter, pipe, method.plan(6, layout), controller=method.controller(6, layout.blocks),
+                    **adapter.engine_cfg(GUIDANCE))
+    cond, uncond = engine.controllers
+    assert cond is not uncond and cond.runs is uncond.runs
+    seen = []
+    real_run_block = type(cond).run_block
+    def spy(self, step, block, *a):  # noqa: E306
+        seen.append((id(self), step)) if block == 0 else None
+        return real_run_block(self, step, block, *a)
+    type(cond).run_block = spy
+    try:
+        with engine:
+            ours = adapter.sample(pipe, PROMPTS[:1], SEEDS[:1], num_steps=6, guidance_scale=GUIDANCE).float()
+    finally:
+        type(cond).run_block = real_run_block
+    assert seen == [(id(c), s) for s in range(6) for c in (cond, uncond)]   # cond, then uncond, every step
+    assert len(cond.runs) == 2 and all(1 <= r <= 6 for r in cond.runs)     # one entry per branch
+    assert min(cond.runs) < 6                                               # some step was skipped
+    err = (ours - full).abs().mean().item()
+    assert 0 < err < 5, err
 
 
 def test_full_size_wan_macs_per_branch_and_step_match_the_measured_reference():
