@@ -21,7 +21,7 @@ def vbench_settings(config: dict, dataset: str) -> dict:
 
 
 def evaluate_video(cell: Cell, samples_root: str | Path = "results") -> dict:
-    from dsbench.conditions import dataset_path, vbench_videos
+    from dsbench.conditions import VBENCH_DATASETS, dataset_path, vbench_videos
     from dsbench.evaluate import device_for
     from dsbench.videos import export_videos
     from metrics.fidelity import Fidelity
@@ -29,7 +29,7 @@ def evaluate_video(cell: Cell, samples_root: str | Path = "results") -> dict:
     from metrics.vbench import check_files, evaluate_vbench
 
     config, dataset, n = cell.config, cell.model_cfg["dataset"], cell.num_samples
-    if dataset not in ("vbench", "vbench_tiny"):
+    if dataset not in VBENCH_DATASETS:
         raise ValueError(f"{cell.model} makes videos: its dataset must be a VBench suite (vbench, vbench_tiny), "
                          f"not {dataset!r}")
     # Suite, scorer files and networks are checked before any video is written.
