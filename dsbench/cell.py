@@ -113,6 +113,7 @@ class Cell:
     def sample(self, pipe, engine, conditions, seeds):
         def one_call(c, s):
             engine.reset()  # a previous call that raised must not leave state behind
+            engine.for_samples(s)
             return self.adapter.sample(pipe, c, s, num_steps=self.num_steps,
                                        guidance_scale=self.model_cfg["guidance_scale"])
 

@@ -2,8 +2,8 @@
 
 A method is small on purpose (see DESIGN.md): everything that touches the model goes through the one
 engine in methods/engine.py, and nothing model-specific lives in a method module: where the specs give
-per-model constants (ToCa's schedule, spatial bonus), they are settings with the PixArt values as
-defaults, and config.yaml sets them per model.
+per-model constants (ToCa's refresh formulas, spatial bonus, how CFG rows choose tokens), they are
+settings with the PixArt values as defaults, and config.yaml sets them per model.
 """
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from methods.rankings import Ranking
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """What a method may know of the model: its depth and the kind of each sub-layer."""
+    """What a method may know of the model: its depth, the kind of each sub-layer, and which way its
+    sampler's step index counts (methods/schedules.py: FORA, ToCa and DuCa test that clock)."""
     blocks: int
     sublayers: tuple[str, ...]
     kinds: tuple[str, ...]   # "self_attn" | "cross_attn" | "mlp", aligned with sublayers
+    clock: str = "up"        # "up": 0 … S−1 (DPM-Solver, flow samplers); "down": S−1 … 0 (DDIM, DDPM)
 
     def index(self, kind: str) -> int | None:
         return self.kinds.index(kind) if kind in self.kinds else None

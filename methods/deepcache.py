@@ -20,7 +20,9 @@ class DeepCache(Method):
 
     @dataclass(frozen=True)
     class Config:
-        """interval: N, full every N steps; shallow_blocks: blocks computed fresh on cached steps."""
+        """interval: N, full every N steps counted in sampling order from the first (the official code
+        tests the position in the scheduler's timesteps, whatever way the sampler's index counts);
+        shallow_blocks: blocks computed fresh on cached steps."""
 
         interval: int = 2
         shallow_blocks: int = 1

@@ -8,20 +8,21 @@ import torch
 from methods.base import Layout, Method
 from methods.plan import SKIP_OUTPUT, Plan
 from methods.rankings import Ranking
-from methods.schedules import toca_period
+from methods.schedules import clock, toca_period
 from methods.toca import TokenCacheConfig, partial_ratios, token_ranking
 
 
-def duca_step_types(threshold: int, num_steps: int, schedule: str) -> list[str]:
+def duca_step_types(threshold: int, num_steps: int, constants: str, direction: str) -> list[str]:
     """"full" / "conservative" / "aggressive" per step. PixArt: T = N constant; DiT: ToCa's DiT period.
-    A step is full at clock mod T == 0 (and the first step), conservative when odd, aggressive when even."""
+    A step is full at clock mod T == 0 (and the first step), conservative when odd, aggressive when even;
+    the clock counts in the sampler's direction."""
     types, period = [], threshold
     for s in range(num_steps):
-        c = s if schedule == "pixart" else num_steps - 1 - s
+        c = clock(s, num_steps, direction)
         if s == 0 or c % period == 0:
             types.append("full")
-            if schedule == "dit":
-                period = toca_period(threshold, s, num_steps, schedule)
+            if constants == "dit":
+                period = toca_period(threshold, s, num_steps, constants, direction)
         else:
             types.append("conservative" if (c % period) % 2 else "aggressive")
     return types
@@ -36,7 +37,7 @@ class DuCa(Method):
 
     def plan(self, num_steps: int, layout: Layout) -> Plan:
         c = self.config
-        types = duca_step_types(c.threshold, num_steps, c.schedule)
+        types = duca_step_types(c.threshold, num_steps, c.constants, layout.clock)
         ratios = torch.ones(num_steps, layout.blocks, len(layout.sublayers))
         skip = torch.zeros(num_steps, layout.blocks, dtype=torch.int8)
         for s, t in enumerate(types):

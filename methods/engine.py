@@ -212,6 +212,12 @@ class Engine:
             self.attached = False
         self.reset()
 
+    def for_samples(self, keys) -> None:
+        """Tell the ranking which samples the next pipeline call draws (one key each, e.g. its seed), so
+        per-sample random choices do not depend on the batch."""
+        if self.ranking is not None:
+            self.ranking.sample_keys = [int(k) for k in keys]
+
     def reset(self) -> None:
         self.step = -1
         self._calls, self.branch = 0, 0
@@ -302,11 +308,11 @@ class Engine:
             return out
         k = int(ratio * x.shape[1])
         if k == 0:
+            if state.staleness is not None:  # as the official code: every token ages, none is computed
+                state.staleness = state.staleness + 1
             return self._reuse(state)
         # Token path: compute k chosen tokens, reuse the rest.
-        scores = self.ranking.scores(block=block, sublayer=sub, step=self.step, tokens=x,
-                                     last_input=state.last_input, staleness=state.staleness, grid=self.grid)
-        idx = choose(scores, k, self.cfg_halves)
+        idx = self._choose(block, sub, x, state, k)
         if kind == "self_attn":  # keys/values from every token
             if len(args) > 1:  # Wan passes attn1's arguments positionally: name them so they can be replaced
                 named = _named(forward, args, kwargs)
@@ -332,13 +338,13 @@ class Engine:
         N = x.shape[1]
         counts = [N if f >= 1 else int(f * N) for f in self._keep]
         k = counts[int(gate.detach().argmax())]                          # the hard choice's token count
-        scores = self.ranking.scores(block=block, sublayer=sub, step=self.step, tokens=x,
-                                     last_input=state.last_input, staleness=state.staleness, grid=self.grid)
+        scores = self._scores(block, sub, x, state)
+        pick = lambda c: choose(scores, c, self.cfg_halves, self.ranking.cfg_choice)  # noqa: E731
         masks = []
         for c in counts:
             m = torch.zeros(scores.shape, dtype=x.dtype, device=x.device)
-            masks.append(m.fill_(1.0) if c >= N else m.scatter_(1, choose(scores, c, self.cfg_halves), 1.0) if c else m)
-        idx = choose(scores, k, self.cfg_halves) if 0 < k < N else None
+            masks.append(m.fill_(1.0) if c >= N else m.scatter_(1, pick(c), 1.0) if c else m)
+        idx = pick(k) if 0 < k < N else None
         run = lambda: call(forward, x)  # noqa: E731
         # As inference: the ranking observes the tokens the hard choice computes (none when k = 0).
         fresh = run() if k == 0 else self._observed(module, kind, block, idx, kwargs, run)
@@ -352,8 +358,17 @@ class Engine:
             state.staleness = (state.staleness + 1).scatter(1, idx, 0)
             if state.last_input is not None:
                 state.last_input = _scatter(state.last_input, idx, _gather(x, idx))
+        else:
+            state.staleness = state.staleness + 1
         state.output = out
         return out
+
+    def _scores(self, block, sub, x, state) -> torch.Tensor:
+        return self.ranking.scores(block=block, sublayer=sub, step=self.step, tokens=x, last_input=state.last_input,
+                                   staleness=state.staleness, grid=self.grid, cfg_halves=self.cfg_halves)
+
+    def _choose(self, block, sub, x, state, k: int) -> torch.Tensor:
+        return choose(self._scores(block, sub, x, state), k, self.cfg_halves, self.ranking.cfg_choice)
 
     def _snapshot(self) -> tuple:
         """What a step reads from the engine: step, gates, caches, ranking statistics. Cheap: every update

@@ -2,8 +2,12 @@
 
 Written from the method specs (shared/reference/baselines-spec.md §2.3, §3), not from the GPL code.
 A ranking sees what the engine observes on computed steps (queries, keys, values of attention
-sub-layers) and the per-token staleness counters; it returns scores (B, N). The engine folds the CFG
-halves before choosing, so both halves of a sample always get the same tokens.
+sub-layers) and the per-token staleness counters; it returns scores (B, N). How the CFG rows of a sample
+choose is a setting (`cfg_choice`), because the official codes differ: ToCa's and DuCa's PixArt code
+make the conditional and unconditional scores identical (averaged maps, duplicated random draws), so
+both rows compute the same tokens ("shared"); their DiT code ranks every row on its own ("per_row").
+Random scores are a function of the sample (its seed, or its row when none is given) and the same for
+both CFG rows of it, as both official codes draw them.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ SCORES = ("attention", "vnorm", "similarity", "norm", "random")
 # entropy, where the model has cross-attention, else s1, the self-attention influence), or a fixed set,
 # as in DiffSparse's Table 10 ablation (s1 + s2, then without one of them).
 ATTENTION_TERMS = {"auto": None, "self": ("self_attn",), "cross": ("cross_attn",), "both": ("self_attn", "cross_attn")}
+CFG_CHOICES = ("shared", "per_row")
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +51,9 @@ class Ranking:
     grid: int = 0
     seed: int = 0
     attention_terms: str = "auto"
+    cfg_choice: str = "shared"           # "shared": a sample's CFG rows choose one set; "per_row": each its own
     attention_kind: str = "cross_attn"   # set by the engine: cross_attn entropy if the model has one, else self_attn
+    sample_keys: list | None = None      # set by the engine per call: one key per sample (its seed)
     _stats: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -54,6 +61,8 @@ class Ranking:
             raise ValueError(f"unknown token score {self.score!r}; one of {SCORES}")
         if self.attention_terms not in ATTENTION_TERMS:
             raise ValueError(f"unknown attention_terms {self.attention_terms!r}; one of {tuple(ATTENTION_TERMS)}")
+        if self.cfg_choice not in CFG_CHOICES:
+            raise ValueError(f"unknown cfg_choice {self.cfg_choice!r}; one of {CFG_CHOICES}")
 
     @property
     def attention_kinds(self) -> tuple[str, ...]:
@@ -98,7 +107,8 @@ class Ranking:
 
     # ---- scores --------------------------------------------------------------------------------------
     def scores(self, *, block: int, sublayer: str, step: int, tokens: torch.Tensor,
-               last_input: torch.Tensor | None, staleness: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+               last_input: torch.Tensor | None, staleness: torch.Tensor, grid: tuple[int, int],
+               cfg_halves: int = 1) -> torch.Tensor:
         B, N, _ = tokens.shape
         if self.score == "attention":  # the sum of the observed unit-norm terms (s1 + s2 for `both`)
             terms = [self._stats[(block, k)] for k in self.attention_kinds if (block, k) in self._stats]
@@ -111,15 +121,24 @@ class Ranking:
             s = tokens.float().norm(dim=-1)
         else:
             s = None
-        if s is None:  # random (or nothing observed yet): uniform, reproducible per (seed, step, block, sublayer)
-            g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{step}:{block}:{sublayer}".encode()))
-            s = torch.rand(B, N, generator=g).to(tokens.device)
+        if s is None:  # random (or nothing observed yet)
+            s = self._random(B, N, cfg_halves, f"{step}:{block}:{sublayer}").to(tokens.device)
         s = s.to(tokens.device).float()
         if self.staleness_weight:
             s = s + self.staleness_weight * staleness.float() / self.staleness_norm
         if self.bonus and self.grid:
             s = spatial_bonus(s, grid, self.grid, self.bonus)
         return s
+
+    def _random(self, B: int, N: int, cfg_halves: int, where: str) -> torch.Tensor:
+        """Uniform scores (B, N): one draw per sample, keyed on (seed, sample key, step, block, sub-layer),
+        repeated for its CFG rows, so a sample's tokens never depend on the batch it is drawn in."""
+        per_half = B // cfg_halves
+        keys = self.sample_keys if self.sample_keys is not None and len(self.sample_keys) == per_half \
+            else range(per_half)   # library use, where the engine is not told the samples: the row
+        rows = [torch.rand(N, generator=torch.Generator().manual_seed(
+            zlib.crc32(f"{self.seed}:{key}:{where}".encode()))) for key in keys]
+        return torch.stack(rows).repeat(cfg_halves, 1)
 
 
 def spatial_bonus(s: torch.Tensor, grid: tuple[int, int], cell: int, bonus: float) -> torch.Tensor:
@@ -134,8 +153,11 @@ def spatial_bonus(s: torch.Tensor, grid: tuple[int, int], cell: int, bonus: floa
     return cells.view(B, h // cell, w // cell, cell, cell).permute(0, 1, 3, 2, 4).reshape(B, N)
 
 
-def choose(scores: torch.Tensor, k: int, cfg_halves: int) -> torch.Tensor:
-    """Top-k token indices (B, k); the CFG halves of a sample share one choice (scores averaged)."""
+def choose(scores: torch.Tensor, k: int, cfg_halves: int, cfg_choice: str = "shared") -> torch.Tensor:
+    """Top-k token indices (B, k). "shared": the CFG halves of a sample share one choice (their scores
+    averaged); "per_row": every row takes its own top k."""
+    if cfg_choice == "per_row" or cfg_halves == 1:
+        return scores.topk(k, dim=-1).indices
     B, N = scores.shape
     folded = scores.view(cfg_halves, B // cfg_halves, N).mean(0)
     idx = folded.topk(k, dim=-1).indices

@@ -11,35 +11,42 @@ import torch
 
 from methods.base import Layout, Method, check_positive_int, check_ratio
 from methods.plan import Plan
-from methods.rankings import ATTENTION_TERMS, SCORES, Ranking
+from methods.rankings import ATTENTION_TERMS, CFG_CHOICES, SCORES, Ranking
 from methods.schedules import toca_fresh_ratio, toca_full_steps
 
 
 @dataclass(frozen=True)
 class TokenCacheConfig:
     """fresh_ratio: R, the base fraction of tokens recomputed on partial steps (1 − the paper's cache ratio);
-    threshold: N, the refresh period parameter; schedule: "pixart" (steps count up, ToCa's PixArt
-    constants) or "dit" (DDIM countdown, ToCa-ddim50 constants); score: token ranking; staleness_weight:
-    λ3; bonus / grid: spatial bonus (PixArt 0.4 / 4, DiT 0.6 / 2); attention_terms: the attention score's
-    statistics (auto: ToCa's s2 or s1; self, cross, both: Table 10's ablation); faithful_quirk: reproduce the official
-    code's per-layer refresh at steps where T changes (1.57 T instead of 1.64 T on PixArt-α)."""
+    threshold: N, the refresh period parameter; constants: the official code's refresh-period and
+    fresh-ratio formulas, "pixart" (its 'ToCa' scheduler) or "dit" ('ToCa-ddim50'), evaluated on the
+    model sampler's own step clock (up for DPM-Solver, down for DDIM); score: token ranking;
+    staleness_weight: λ3; bonus / grid: spatial bonus (PixArt 0.4 / 4, DiT 0.6 / 2); attention_terms: the
+    attention score's statistics (auto: ToCa's s2 or s1; self, cross, both: Table 10's ablation);
+    cfg_choice: how the CFG rows of a sample choose tokens, "shared" (one choice from the averaged scores,
+    as the official PixArt code does) or "per_row" (each row ranks on its own, as the official DiT code
+    does); faithful_quirk: reproduce the official code's per-layer refresh at steps where T changes
+    (1.57 T instead of 1.64 T on PixArt-α)."""
 
     fresh_ratio: float = 0.30
     threshold: int = 3
-    schedule: str = "pixart"
+    constants: str = "pixart"
     score: str = "attention"
     staleness_weight: float = 0.25
     bonus: float = 0.4
     grid: int = 4
     attention_terms: str = "auto"
+    cfg_choice: str = "shared"
     faithful_quirk: bool = False
 
     def __post_init__(self):
         name = type(self).__qualname__.split(".")[0].lower()
         check_ratio(name, "fresh_ratio", self.fresh_ratio)
         check_positive_int(name, "threshold", self.threshold)
-        if self.schedule not in ("pixart", "dit"):
-            raise ValueError(f"{name}.schedule must be 'pixart' or 'dit', got {self.schedule!r}")
+        if self.constants not in ("pixart", "dit"):
+            raise ValueError(f"{name}.constants must be 'pixart' or 'dit', got {self.constants!r}")
+        if self.cfg_choice not in CFG_CHOICES:
+            raise ValueError(f"{name}.cfg_choice must be one of {CFG_CHOICES}, got {self.cfg_choice!r}")
         if self.score not in SCORES:
             raise ValueError(f"{name}.score must be one of {SCORES}, got {self.score!r}")
         if self.attention_terms not in ATTENTION_TERMS:
@@ -49,13 +56,13 @@ class TokenCacheConfig:
 
 def partial_ratios(c: TokenCacheConfig, step: int, num_steps: int, layout: Layout) -> torch.Tensor:
     """(blocks, sublayers) fresh ratios of a partial step."""
-    return torch.tensor([[toca_fresh_ratio(c.fresh_ratio, step, b, layout.blocks, kind, num_steps, c.schedule)
-                          for kind in layout.kinds] for b in range(layout.blocks)])
+    return torch.tensor([[toca_fresh_ratio(c.fresh_ratio, step, b, layout.blocks, kind, num_steps, c.constants,
+                                           layout.clock) for kind in layout.kinds] for b in range(layout.blocks)])
 
 
 def token_ranking(c: TokenCacheConfig) -> Ranking:
     return Ranking(score=c.score, staleness_weight=c.staleness_weight, staleness_norm=c.threshold,
-                   bonus=c.bonus, grid=c.grid, attention_terms=c.attention_terms)
+                   bonus=c.bonus, grid=c.grid, attention_terms=c.attention_terms, cfg_choice=c.cfg_choice)
 
 
 class ToCa(Method):
@@ -67,7 +74,7 @@ class ToCa(Method):
 
     def plan(self, num_steps: int, layout: Layout) -> Plan:
         c = self.config
-        full = toca_full_steps(c.threshold, num_steps, c.schedule, quirk=c.faithful_quirk)
+        full = toca_full_steps(c.threshold, num_steps, c.constants, layout.clock, quirk=c.faithful_quirk)
         ratios = torch.stack([partial_ratios(c, s, num_steps, layout) for s in range(num_steps)])
         for s, which in full.items():
             ratios[s, : (1 if which == "first" else layout.blocks)] = 1.0

@@ -40,6 +40,16 @@ def new_scheduler(name: str, host: bool = False):
     return (host_timesteps(cls) if host else cls)(**_SCHEDULER_KWARGS.get(name, {}))
 
 
+def step_clock(scheduler) -> str:
+    """Which way the official code's step index counts under this sampler: "down" (S − 1 … 0) for DDIM and
+    DDPM, whose reference loops (DiT's, from guided-diffusion) iterate the timestep indices in reverse;
+    "up" (0 … S − 1) for the solvers whose reference loops count calls from the first (PixArt's
+    DPM-Solver, the flow-matching samplers of Wan and FLUX)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    return "down" if isinstance(scheduler, (DDIMScheduler, DDPMScheduler)) else "up"
+
+
 def host_timesteps(cls):
     """Scheduler subclass that keeps its timesteps on the host whatever device the pipeline asks for.
 
@@ -159,10 +169,11 @@ class ModelAdapter:
         return getattr(block, name)
 
     def layout(self, pipe):
-        """What a method may know of this model: depth and the kind of each sub-layer."""
+        """What a method may know of this model: depth, the kind of each sub-layer, its sampler's clock."""
         from methods.base import Layout
 
-        return Layout(len(self.blocks(pipe)), self.sublayers, tuple(self.sublayer_kinds[s] for s in self.sublayers))
+        return Layout(len(self.blocks(pipe)), self.sublayers, tuple(self.sublayer_kinds[s] for s in self.sublayers),
+                      clock=step_clock(pipe.scheduler))
 
     def cfg_halves(self, guidance_scale: float) -> int:
         """Rows per sample in a denoiser batch: PixArt and DiT batch the CFG branches together."""

@@ -16,7 +16,7 @@ from methods.duca import duca_step_types
 from methods.engine import Engine, SublayerState
 from methods.plan import Plan
 from methods.rankings import Ranking, choose, spatial_bonus
-from methods.schedules import interval_steps, toca_full_steps
+from methods.schedules import interval_steps, periodic_steps, toca_full_steps, toca_period
 from tests.util import tiny_config, with_dit
 
 VARIANTS = {
@@ -25,7 +25,9 @@ VARIANTS = {
     "taylorseer": {"method": "taylorseer", "interval": 2, "max_order": 2},
     "toca": {"method": "toca", "fresh_ratio": 0.3},
     "toca_quirk": {"method": "toca", "fresh_ratio": 0.3, "faithful_quirk": True},
-    "toca_dit": {"method": "toca", "schedule": "dit", "fresh_ratio": 0.3, "bonus": 0.6, "grid": 2},
+    "toca_dit": {"method": "toca", "constants": "dit", "cfg_choice": "per_row", "fresh_ratio": 0.3, "bonus": 0.6,
+                 "grid": 2},
+    "toca_dit_shared": {"method": "toca", "constants": "dit", "fresh_ratio": 0.3, "bonus": 0.6, "grid": 2},
     "toca_vnorm": {"method": "toca", "score": "vnorm"},
     "toca_similarity": {"method": "toca", "score": "similarity"},
     "toca_random": {"method": "toca", "score": "random"},
@@ -100,19 +102,39 @@ def test_attention_terms_on_real_runs(cfg, pipes):
         run(cfg, pipes, "tiny_dit", "toca_s1s2")
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_cfg_halves_choose_identical_tokens(cfg, pipes, model, monkeypatch):
+def _chosen_sets(cfg, pipes, model, variant, monkeypatch):
     chosen = []
     real = engine_mod.choose
-    monkeypatch.setattr(engine_mod, "choose", lambda s, k, h: chosen.append((real(s, k, h), h)) or chosen[-1][0])
-    variant = "toca" if model == "tiny_pixart" else "toca_dit"
+    monkeypatch.setattr(engine_mod, "choose",
+                        lambda s, k, h, c: chosen.append((real(s, k, h, c), h)) or chosen[-1][0])
     run(cfg, pipes, model, variant)
     assert chosen, "no partial step ran"
     for idx, halves in chosen:
         assert halves == 2
-        n = idx.shape[0] // 2
-        assert torch.equal(idx[:n], idx[n:])
         assert idx.shape[1] == len(set(idx[0].tolist()))  # k distinct tokens
+    n = chosen[0][0].shape[0] // 2
+    return [(set(r.tolist()) for r in (idx[:n].flatten(), idx[n:].flatten())) for idx, _ in chosen]
+
+
+@pytest.mark.parametrize("model,variant", [("tiny_pixart", "toca"), ("tiny_pixart", "duca"),
+                                           ("tiny_dit", "toca_dit_shared")])
+def test_shared_cfg_choice_gives_both_halves_one_token_set(cfg, pipes, model, variant, monkeypatch):
+    """The official PixArt code (and the `shared` setting anywhere): cond and uncond rows of a sample
+    compute the same tokens."""
+    for cond, uncond in _chosen_sets(cfg, pipes, model, variant, monkeypatch):
+        assert cond == uncond
+
+
+def test_per_row_cfg_choice_on_dit_lets_the_halves_differ(cfg, pipes, monkeypatch):
+    """The official DiT code ranks each row on its own: under toca_dit's settings the cond and uncond rows
+    of one sample choose different token sets (on at least one partial call)."""
+    pairs = list(_chosen_sets(cfg, pipes, "tiny_dit", "toca_dit", monkeypatch))
+    assert any(cond != uncond for cond, uncond in pairs)
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.0], [0.1, 0.8, 0.3, 0.6]])   # rows: cond, uncond of one sample
+    assert choose(scores, 2, 2, "per_row").tolist() == [[0, 2], [1, 3]]
+    assert choose(scores, 2, 2, "shared").tolist() == [[0, 1], [0, 1]]   # means 0.5, 0.45, 0.4, 0.3
+    with pytest.raises(ValueError, match="toca.cfg_choice must be one of"):
+        make_method("toca", cfg_choice="cond")
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -128,16 +150,97 @@ def test_macs_predicted_from_the_plan_equal_macs_counted(cfg, model, variant):
 # ---- hand-computed steps ---------------------------------------------------------------------------
 
 def test_schedules_match_the_spec():
-    assert sorted(toca_full_steps(3, 20, "pixart")) == [0, 4, 6, 9, 12, 15, 18]
-    assert toca_full_steps(3, 20, "pixart", quirk=True)[4] == "first"
-    dit = toca_full_steps(3, 50, "dit", quirk=True)
+    assert sorted(toca_full_steps(3, 20, "pixart", "up")) == [0, 4, 6, 9, 12, 15, 18]
+    assert toca_full_steps(3, 20, "pixart", "up", quirk=True)[4] == "first"
+    dit = toca_full_steps(3, 50, "dit", "down", quirk=True)
     assert sorted((49 - s for s, v in dit.items() if v == "all"), reverse=True) == \
         [49, 44, 40, 36, 30, 27, 24, 21, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0]
     assert {49 - s for s, v in dit.items() if v == "first"} == {45, 32}
     assert interval_steps(20, 2, warmup=2) == [0, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19]  # TaylorSeer: 11 full
-    types = duca_step_types(3, 20, "pixart")
+    # TaylorSeer's DiT grid (interval 4, first_enhance 2) in DiT's countdown: 49, 48, 44, ..., 0.
+    assert [49 - s for s in interval_steps(50, 4, warmup=2)] == [49, 48] + list(range(44, -1, -4))
+    types = duca_step_types(3, 20, "pixart", "up")
     assert [s for s, t in enumerate(types) if t == "full"] == [0, 3, 6, 9, 12, 15, 18]
     assert [s for s, t in enumerate(types) if t == "aggressive"] == [2, 5, 8, 11, 14, 17]
+
+
+def test_fora_tests_the_samplers_clock():
+    """Official FORA on DiT: full at the first step (countdown index S − 1) and wherever index mod N == 0.
+    DDIM-50, N = 3: countdown indices 49, 48, 45, ..., 0, i.e. sampling steps 0, 1, 4, ..., 49 (18 steps).
+    PixArt's DPM-Solver counts up: s mod N == 0 (0, 2, ..., 18 for N = 2)."""
+    dit = periodic_steps(50, 3, "down")
+    assert dit == [0] + list(range(1, 50, 3)) and len(dit) == 18
+    assert [49 - s for s in dit] == [49] + list(range(48, -1, -3))
+    assert periodic_steps(20, 2, "up") == list(range(0, 20, 2))
+    down = Layout(4, ("attn1", "ff"), ("self_attn", "mlp"), clock="down")
+    plan = make_method("fora", interval=3).plan(50, down)
+    assert (plan.ratios[:, 0, 0] == 1).nonzero().flatten().tolist() == dit
+    # DeepCache and TaylorSeer count in sampling order whatever the clock (their official rules).
+    for name, kw in (("deepcache", {}), ("taylorseer", {"first_enhance": 2})):
+        up = make_method(name, interval=3, **kw).plan(50, Layout(4, ("attn1", "ff"), ("self_attn", "mlp")))
+        same = make_method(name, interval=3, **kw).plan(50, down)
+        assert torch.equal(up.ratios, same.ratios) and (up.skip is None or torch.equal(up.skip, same.skip))
+
+
+def test_toca_sensitive_window_is_the_official_range():
+    """DiT's T = 2 window is c in range(int(0.2 S), int(0.4 S)): c in 10..19 at S = 50, {2, 3} at S = 12
+    (not 0.2 S <= c < 0.4 S, which is {3, 4} there)."""
+    def window(S):
+        return {S - 1 - s for s in range(S) if toca_period(9, s, S, "dit", "down") == 2}
+    assert window(50) == set(range(10, 20))
+    assert window(12) == {2, 3}
+    # S = 12, N = 3 by hand: c = 11 full (first step; T = round(3 / (2/3)) = round(4.5) = 4, half to even);
+    # c = 8 full (8 mod 4 = 0; T = round(3 / 0.8667) = 3); c = 6 full (T = round(3 / 1.0) = 3); c = 3 full
+    # (window: T = 2); c = 2 full (T = 2); c = 0 full.
+    full = toca_full_steps(3, 12, "dit", "down")
+    assert sorted((11 - s for s in full), reverse=True) == [11, 8, 6, 3, 2, 0]
+
+
+def test_random_scores_are_a_function_of_the_sample():
+    """score: random draws one row per sample from its key (seed), repeated for its CFG rows: a sample's
+    scores do not depend on the batch it lands in or on its position there."""
+    r = Ranking(score="random")
+    kw = dict(block=1, sublayer="ff", step=3, last_input=None, grid=(2, 2))
+
+    def scores(keys):
+        r.sample_keys = keys
+        B = 2 * len(keys)
+        return r.scores(tokens=torch.zeros(B, 4, 8), staleness=torch.zeros(B, 4), cfg_halves=2, **kw)
+
+    alone, batch = scores([7]), scores([5, 7, 9])
+    assert torch.equal(alone[0], batch[1]) and torch.equal(alone[1], batch[4])   # cond and uncond rows of 7
+    assert torch.equal(batch[:3], batch[3:]) and not torch.equal(batch[0], batch[1])
+
+
+def test_random_ranking_images_do_not_depend_on_the_batch(cfg, pipes):
+    prompts, seeds = ["A cat on a mat.", "Two red buses.", "A green tree."], [21, 22, 23]
+    together = run(cfg, pipes, "tiny_pixart", "toca_random", prompts, seeds)
+    for i in range(3):
+        np.testing.assert_array_equal(run(cfg, pipes, "tiny_pixart", "toca_random", [prompts[i]], [seeds[i]]),
+                                      together[i:i + 1])
+
+
+def test_staleness_ages_when_a_partial_sub_layer_computes_no_token(cfg, pipes):
+    """Official ToCa ages every counter on a partial call even when k = int(r·N) = 0. Plan: step 0 full,
+    step 1 ff at ratio 0 (k = 0), steps 2 and 3 ff at 0.5: the counters the ranking sees are all 1 at
+    step 2 and then 2 (not chosen at step 2) or 0 (chosen)."""
+    cell = Cell(cfg, "tiny_pixart", "none")
+    pipe = pipes["tiny_pixart"]
+    layout = cell.adapter.layout(pipe)
+    ratios = torch.ones(4, layout.blocks, len(layout.sublayers))
+    ratios[1, :, layout.index("mlp")] = 0.0
+    ratios[2:, :, layout.index("mlp")] = 0.5
+    ranking, seen = Ranking(score="norm"), []
+    real = ranking.scores
+    ranking.scores = lambda **kw: (seen.append((kw["step"], kw["block"], kw["staleness"].clone())), real(**kw))[1]
+    with Engine(cell.adapter, pipe, Plan(ratios, layout.sublayers), ranking, cfg_halves=2):
+        cell.adapter.sample(pipe, ["A cat on a mat."], [1], num_steps=4, guidance_scale=4.5)
+    at2 = [st for step, b, st in seen if step == 2]
+    at3 = [st for step, b, st in seen if step == 3]
+    assert at2 and all((st == 1).all() for st in at2)
+    n = at3[0].shape[1]
+    for st in at3:
+        assert sorted(set(st.flatten().tolist())) == [0, 2] and int((st[0] == 0).sum()) == n // 2
 
 
 def test_toca_chooses_the_hand_computed_tokens():
@@ -226,13 +329,15 @@ def test_method_settings_are_validated():
         make_method("toca", fresh_ratio=1.5)
     with pytest.raises(ValueError, match="fora.interval must be an integer"):
         make_method("fora", interval=0)
-    with pytest.raises(ValueError, match="duca.schedule"):
-        make_method("duca", schedule="flux")
+    with pytest.raises(ValueError, match="duca.constants"):
+        make_method("duca", constants="flux")
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['schedule'\]"):
+        make_method("toca", schedule="dit")
     lay = Layout(4, ("attn1", "ff"), ("self_attn", "mlp"))
     with pytest.raises(ValueError, match="shallow_blocks must be < 4"):
         make_method("deepcache", shallow_blocks=4).plan(10, lay)
     plan = make_method("toca").plan(20, Layout(28, ("attn1", "attn2", "ff"), ("self_attn", "cross_attn", "mlp")))
-    partial = [s for s in range(20) if s not in toca_full_steps(3, 20, "pixart")]
+    partial = [s for s in range(20) if s not in toca_full_steps(3, 20, "pixart", "up")]
     assert (plan.ratios[partial, :, 0] == 0).all()  # self-attention is never partially recomputed
     assert (plan.ratios[[0, 4, 6]] == 1).all()
     assert plan.ratios[5, 0, 2] > plan.ratios[5, 27, 2] > 0  # deeper layers refresh fewer tokens

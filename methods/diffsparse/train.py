@@ -40,7 +40,7 @@ def toca_units(method: DiffSparse, layout: Layout, num_steps: int) -> tuple[torc
     c, S = method.toca, len(keep_fractions(method.config.interval))
     ratios = torch.stack([partial_ratios(c, s, num_steps, layout) for s in range(1, num_steps)])
     units = ((1 - ratios) / method.config.interval).round().long().clamp(0, S - 1)
-    full = sorted(s for s in toca_full_steps(c.threshold, num_steps, c.schedule) if s > 0)
+    full = sorted(s for s in toca_full_steps(c.threshold, num_steps, c.constants, layout.clock) if s > 0)
     return units, full
 
 
@@ -167,6 +167,7 @@ class Trainer:
         gates, units, _ = self.predictor.gates(self.budget, self.weights, self.full_count if stage == 1 else None)
         eng.relax(gates, self.keep, self.s.checkpoint)
         eng.reset()
+        eng.for_samples(seeds)
         try:
             student = self.adapter.sample_float(self.pipe, conditions, seeds, num_steps=self.T,
                                                 guidance_scale=self.g, grad=True)
@@ -243,8 +244,9 @@ class Trainer:
         def f(units: np.ndarray) -> float:
             plan = Schedule(torch.as_tensor(units).view(self.predictor.shape), self.method.config.interval,
                             self.layout.sublayers).plan()
-            with Engine(self.adapter, self.pipe, plan, self.method.ranking(), **self.adapter.engine_cfg(self.g)), \
+            with Engine(self.adapter, self.pipe, plan, self.method.ranking(), **self.adapter.engine_cfg(self.g)) as eng, \
                     torch.no_grad():
+                eng.for_samples(seeds)
                 student = self.adapter.sample_float(self.pipe, conditions, seeds, num_steps=self.T,
                                                     guidance_scale=self.g)
                 return float(self.loss_fn(_frames(teacher) * 2 - 1, _frames(student) * 2 - 1).mean())
