@@ -88,7 +88,8 @@ class Cell:
         source = "meta" if meta else self.model_cfg["source"]
         return self.adapter.build(
             source, device=device or self.config["device"], dtype=DTYPES[self.model_cfg.get("dtype", self.config["dtype"])],
-            scheduler=self.model_cfg["scheduler"], weights=self.model_cfg.get("weights"), seed=self.config["seed"])
+            scheduler=self.model_cfg["scheduler"], weights=self.model_cfg.get("weights"), seed=self.config["seed"],
+            guided_channels=self.model_cfg.get("guided_channels"))
 
     def plan(self, pipe):
         return self.accelerator.plan(self.num_steps, self.adapter.layout(pipe))

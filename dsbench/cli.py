@@ -69,6 +69,10 @@ def cmd_macs(args):
         if "full_steps_mean" in result:
             print(f"# decided at run time: mean over {result['images']} samples, "
                   f"{result['full_steps_mean']:.2f} full steps on average")
+        else:
+            full = result["plan_full_steps"]
+            print(f"# full steps (every token of every block), in sampling order: {len(full)}: "
+                  f"{', '.join(map(str, full))}")
         print(f"macs_c1 {result['macs_c1'] / 1e12:.4g} T")
         print(f"macs_total {result['macs_total'] / 1e12:.4g} T")
 

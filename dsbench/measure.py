@@ -21,11 +21,12 @@ def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
     with cell.accelerated(pipe) as engine, counter(cell.adapter.denoiser(pipe)) as tally:
         cell.sample(pipe, engine, conds, [sample_seed(cell.config["seed"], i) for i in range(images)])
         runs = list(engine.controller.runs) if engine.controller is not None else None
+        planned = engine.plan.full_steps()
     per_image = tally.per_image(images, cell.adapter.cfg_branches(cell.model_cfg["guidance_scale"]))
     # One entry per sample and denoiser stream (Wan: cond and uncond decide apart).
     extra = {"images": images, "full_steps_mean": sum(runs) / len(runs), "full_steps": runs} if runs else {}
     return {"model": cell.model, "method": cell.method, "device": device, "num_steps": cell.num_steps,
-            **per_image, **extra, "macs_by_op": {k: v / images for k, v in tally.per_op.items()},
+            **per_image, **extra, "plan_full_steps": planned, "macs_by_op": {k: v / images for k, v in tally.per_op.items()},
             "convention": {"macs_c1": "linear+conv of the denoiser, per image, one CFG branch",
                            "macs_total": "all counted denoiser ops per image, attention and CFG batch included"}}
 

@@ -51,5 +51,12 @@ class Plan:
     def blocks(self) -> int:
         return self.ratios.shape[1]
 
+    def full_steps(self) -> list[int]:
+        """Steps that compute every token of every sub-layer of every block."""
+        done = (self.ratios >= 1).flatten(1).all(1)
+        if self.skip is not None:
+            done &= (self.skip == COMPUTE).all(1)
+        return done.nonzero().flatten().tolist()
+
     def skip_mode(self, step: int, block: int) -> int:
         return COMPUTE if self.skip is None else int(self.skip[step, block])

@@ -22,6 +22,12 @@ SOURCES = ("real", "tiny", "proxy", "meta", "random")
 
 # Wan's own scheduler config (Wan2.1-T2V-1.3B-Diffusers/scheduler): UniPC on flow-matching sigmas, shift 3 (480p).
 _SCHEDULER_KWARGS = {"unipc_flow": dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)}
+# Settings a sampler must have whatever the weights' repo says, because the official code samples that way.
+# "ddim" is DiT's DDIM (guided-diffusion's respaced "ddim{S}", eta 0): timesteps 1000/S·(S−1) … 0 (leading
+# spacing, no offset), the last step to alpha_bar = 1, and no clipping of the predicted x0 (DiT samples with
+# clip_denoised=False). The DiT hub repo ships a DDPMScheduler config with clip_sample=True (diffusers'
+# conversion script uses DDPM's defaults), which DDIMScheduler.from_config would otherwise inherit.
+SAMPLER_SETTINGS = {"ddim": dict(clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0)}
 
 
 def scheduler_class(name: str):
@@ -34,10 +40,18 @@ def scheduler_class(name: str):
     return table[name]
 
 
-def new_scheduler(name: str, host: bool = False):
-    """A fresh scheduler of that name with the model family's settings (`host`: for the meta device)."""
+def new_scheduler(name: str, host: bool = False, reference: bool = True):
+    """A fresh scheduler of that name with the model family's settings (`host`: for the meta device;
+    `reference`: impose SAMPLER_SETTINGS; the pixel-space DiT proxy keeps diffusers' DDIM defaults, which
+    clip x0 to the image range, as it was sampled and evaluated with them)."""
     cls = scheduler_class(name)
-    return (host_timesteps(cls) if host else cls)(**_SCHEDULER_KWARGS.get(name, {}))
+    extra = SAMPLER_SETTINGS.get(name, {}) if reference else {}
+    return (host_timesteps(cls) if host else cls)(**_SCHEDULER_KWARGS.get(name, {}), **extra)
+
+
+def scheduler_from_config(name: str, config):
+    """The sampler `name` on a weights repo's scheduler config (its betas), with SAMPLER_SETTINGS imposed."""
+    return scheduler_class(name).from_config(config, **SAMPLER_SETTINGS.get(name, {}))
 
 
 def step_clock(scheduler) -> str:
@@ -82,7 +96,9 @@ class ModelAdapter:
 
     # ---- building -------------------------------------------------------------------------------
     def build(self, source: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-              scheduler: str, weights: str | None = None, seed: int = 0):
+              scheduler: str, weights: str | None = None, seed: int = 0, guided_channels: int | None = None):
+        """The pipeline, eval mode, no gradients. `guided_channels`: classifier-free guidance on the first N
+        latent channels only (a family that supports it says so; None: every channel, diffusers' way)."""
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}; one of {SOURCES}")
         if source == "real" and self.preset.is_tiny:
@@ -97,12 +113,12 @@ class ModelAdapter:
 
             folder = proxy_dir(self.preset.proxy, weights)
             verified(folder)  # every weight file's SHA-256, before anything is loaded
-            pipe = self._assemble(new_scheduler(scheduler), text=True, folder=folder)
+            pipe = self._assemble(new_scheduler(scheduler, reference=False), text=True, folder=folder)
             if dtype != torch.float32:
                 pipe.to(dtype=dtype)
         elif source == "real":
             pipe = self._load_real(weights or self.preset.hub_id, dtype)
-            pipe.scheduler = scheduler_class(scheduler).from_config(pipe.scheduler.config)
+            pipe.scheduler = scheduler_from_config(scheduler, pipe.scheduler.config)
         elif source == "random":  # full size, seeded random weights, no text encoder: latency and memory checks
             if self.preset.is_tiny:
                 raise ValueError(f"{self.preset.name} is a tiny model: use source 'tiny'")
@@ -128,7 +144,13 @@ class ModelAdapter:
         for m in pipe.components.values():
             if isinstance(m, torch.nn.Module):
                 m.eval().requires_grad_(False)
+        if guided_channels is not None:
+            self.guide_channels(pipe, guided_channels)
         return pipe
+
+    def guide_channels(self, pipe, channels: int) -> None:
+        raise ValueError(f"guided_channels is a DiT setting (the official sampler guides 3 of 4 latent channels); "
+                         f"{self.family} guides every channel")
 
     def _assemble(self, scheduler, text: bool, folder=None):
         """Pipeline from the preset's configs: fresh weights (tiny, or on the meta device), or a trained

@@ -67,3 +67,19 @@ def test_toca_faithful_quirk_gives_the_official_codes_count():
     cfg = config_mod.load(REPO / "config.yaml")
     cfg["methods"]["toca"]["faithful_quirk"] = True
     assert count_macs(Cell(cfg, "pixart_alpha_256", "toca"), "meta")["macs_c1"] == pytest.approx(1.57e12, rel=0.01)
+
+
+def test_fora_on_dit_counts_the_official_countdown_steps_via_cli():
+    """FORA N = 3 on DiT-XL/2's DDIM-50: full at the first step and where the countdown index 49 − s is a
+    multiple of 3, i.e. 18 steps (0, 1, 4, ..., 49); an up-counting clock would give 17 (0, 3, ..., 48)."""
+    out = subprocess.run([sys.executable, "-m", "dsbench", "macs", "--model", "dit_xl_2_256", "--method",
+                          "fora_n3", "--device", "meta"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    expect = [0] + list(range(1, 50, 3))
+    assert f"in sampling order: 18: {', '.join(map(str, expect))}" in out.stdout, out.stdout
+    cfg = config_mod.load(REPO / "config.yaml")
+    full = count_macs(Cell(cfg, "dit_xl_2_256", "none"), "meta")["macs_c1"]
+    fora = count_macs(Cell(cfg, "dit_xl_2_256", "fora_n3"), "meta")
+    assert fora["plan_full_steps"] == expect
+    per_step = full / 50
+    assert 18 * per_step < fora["macs_c1"] < 18 * per_step + 32 * 0.01 * per_step   # + adaLN/embedders on reuse

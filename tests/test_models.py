@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dsbench import config as config_mod
 from dsbench.doctor import check, report
@@ -111,3 +112,56 @@ def test_doctor_cli_tables_1_to_4_and_9_missing_then_present(empty_hf_cache, tmp
             where.write_text("x")
     assert main(["doctor", "--config", "c.yaml"]) == 0
     assert "0 missing" in capsys.readouterr().out
+
+
+def test_ddim_is_dits_ddim_on_every_source():
+    """DiT's DDIM: the hub repo's DDPM config (clip_sample=True, as diffusers' conversion script saves it)
+    becomes a DDIM that does not clip x0; tiny and proxy DDIMs have the same settings; 50 steps sample the
+    timesteps 980, 960, ..., 0 (guided-diffusion's respaced ddim50) and the last step goes to alpha_bar = 1."""
+    from diffusers import DDPMScheduler
+
+    from models.base import new_scheduler, scheduler_from_config, step_clock
+
+    real = scheduler_from_config("ddim", DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").config)
+    tiny = new_scheduler("ddim")
+    for s in (real, tiny):
+        assert s.config.clip_sample is False and s.config.set_alpha_to_one is True
+        assert s.config.beta_schedule == "linear" and s.config.beta_start == 0.0001 and s.config.beta_end == 0.02
+        s.set_timesteps(50)
+        assert s.timesteps.tolist() == list(range(980, -1, -20))
+        assert float(s.final_alpha_cumprod) == 1.0
+        assert step_clock(s) == "down"
+    assert step_clock(new_scheduler("dpm_solver_pp")) == "up" and step_clock(new_scheduler("unipc_flow")) == "up"
+
+
+def test_guided_channels_follow_the_official_dit_sampler():
+    """guided_channels=3: the uncond rows' 4th latent channel is the cond rows' own, so guidance leaves it at
+    the conditional prediction; 4 (every channel) is diffusers' own output; refused on PixArt."""
+    import numpy as np
+
+    from models import get_adapter
+
+    adapter = get_adapter("tiny_dit")
+    plain = adapter.build("tiny", scheduler="ddim")
+    three = adapter.build("tiny", scheduler="ddim", guided_channels=3)
+    four = adapter.build("tiny", scheduler="ddim", guided_channels=4)
+    x = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    t, labels = torch.tensor([500] * 4), torch.tensor([3, 7, 1000, 1000])
+    with torch.no_grad():
+        raw = plain.transformer(x, timestep=t, class_labels=labels).sample
+        hooked = three.transformer(x, timestep=t, class_labels=labels).sample
+        no_cfg = three.transformer(x, timestep=t, class_labels=torch.tensor([3, 7, 1, 2])).sample
+    assert torch.equal(hooked[:2], raw[:2]) and torch.equal(hooked[2:, :3], raw[2:, :3])
+    assert torch.equal(hooked[2:, 3], raw[:2, 3]) and torch.equal(hooked[2:, 4:], raw[2:, 4:])
+    assert not torch.equal(raw[2:, 3], raw[:2, 3])
+    with torch.no_grad():
+        assert torch.equal(no_cfg, plain.transformer(x, timestep=t, class_labels=torch.tensor([3, 7, 1, 2])).sample)
+    kw = dict(num_steps=4, guidance_scale=4.0)
+    with torch.inference_mode():
+        a, b, c = (adapter.sample(p, [3, 404], [1, 2], **kw) for p in (plain, four, three))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not torch.equal(a, c)
+    with pytest.raises(ValueError, match="guided_channels is a DiT setting"):
+        get_adapter("tiny_pixart").build("tiny", scheduler="dpm_solver_pp", guided_channels=3)
+    with pytest.raises(ValueError, match=r"guided_channels must be in \[1, 4\]"):
+        adapter.build("tiny", scheduler="ddim", guided_channels=5)
