@@ -115,16 +115,20 @@ def cmd_aggregate(args):
 def cmd_render(args):
     import pandas as pd
 
-    from dsbench.tables import render_table
+    from dsbench.tables import add_derived_columns, render_table
 
     cfg = _config(args)
     table = cfg["tables"][args.table]
     ours = pd.read_csv(Path(args.root) / f"{table['model']}.csv")
+    # CFG branches per image and step: 2 with guidance (ModelAdapter.cfg_branches, every family), else 1.
+    branches = 2 if cfg["models"][table["model"]]["guidance_scale"] > 1 else 1
+    ours = add_derived_columns(ours, branches)
     paper = Path(args.paper_dir) / f"{args.table}.csv"
     out = Path(args.root) / "tables" / args.table
     render_table(args.table, ours, paper if paper.is_file() else None, table["rows"],
-                 table.get("columns", ["macs_c1_T", "macs_total_T", "speedup", "fid", "clip", "psnr", "lpips"]),
-                 out, notes=table.get("notes"))
+                 table.get("columns", list(config_mod.DEFAULT_TABLE_COLUMNS)),
+                 out, notes=table.get("notes"), paper_columns=table.get("paper_columns"),
+                 column_titles=table.get("column_titles"))
     print(Path(f"{out}.md").read_text())
 
 
@@ -166,7 +170,7 @@ def cmd_train_schedule(args):
 def cmd_heatmap(args):
     from dsbench.schedules import render_heatmap
 
-    print(render_heatmap(_cell(args), args.out))
+    print(render_heatmap(_cell(args), args.out, view=args.view))
 
 
 def cmd_grid(args):
@@ -283,8 +287,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--lo", type=float, default=0.0)
     s.add_argument("--hi", type=float, default=1.0)
     s.add_argument("--tol", type=float, default=0.005, help="relative tolerance (default 0.5 %%)")
-    s = verb("heatmap", cmd_heatmap, "Figure 3: a schedule's per-sub-layer heatmap (steps × blocks)", method=True)
+    s = verb("heatmap", cmd_heatmap, "Figure 3: a schedule's per-sub-layer heatmap (layers × steps, as the paper)",
+             method=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--view", choices=["paper", "steps"], default="paper",
+                   help="paper (default): x = layers, y = steps 1 … T-1, colour = sparsity, as the paper's Figure 3; "
+                        "steps: x = steps 0 … T-1, y = blocks, colour = fraction of tokens recomputed")
     s = verb("grid", cmd_grid, "a PNG of a model's first samples, one row per method (after generate)")
     s.add_argument("--methods", help="comma-separated variants (default: the model's methods)")
     s.add_argument("-n", type=int, default=12, help="samples per row")

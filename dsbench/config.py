@@ -19,6 +19,8 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 # Reference kinds whose data this harness generates itself (nothing under resources/): the unaccelerated
 # model on held-out seeds, and the proxies' procedural shapes (as FID statistics or as an ADM-format batch).
 GENERATED_REFERENCES = ("heldout", "shapes", "shapes_adm")
+# A table's columns where its config names none (`dsbench render`).
+DEFAULT_TABLE_COLUMNS = ("macs_c1_T", "macs_total_T", "speedup", "fid", "clip", "psnr", "lpips")
 
 
 class ConfigError(ValueError):
@@ -75,6 +77,12 @@ def check_references(config: dict[str, Any]) -> None:
         if table["model"] not in config["models"]:
             raise ConfigError(f"invalid config at tables.{tname}.model: unknown model {table['model']!r}")
         runs = config["models"][table["model"]]["methods"]
+        columns = table.get("columns", list(DEFAULT_TABLE_COLUMNS))
+        for field in ("paper_columns", "column_titles"):
+            stray = [k for k in table.get(field, {}) if k not in columns]
+            if stray:
+                raise ConfigError(f"invalid config at tables.{tname}.{field}: {stray} not among the table's "
+                                  f"columns {columns}")
         for i, row in enumerate(table["rows"]):
             if row["method"] not in runs:
                 raise ConfigError(f"invalid config at tables.{tname}.rows.{i}.method: {row['method']!r} is not "

@@ -41,7 +41,8 @@ def evaluate_video(cell: Cell, samples_root: str | Path = "results") -> dict:
 
     root, shard = Path(samples_root), config["shard_size"]
     folder = root / "samples" / cell.model / cell.method
-    videos = export_videos(folder, n, shard, names, root / "videos" / cell.model / cell.method)
+    videos = export_videos(folder, n, shard, names, root / "videos" / cell.model / cell.method,
+                           fps=get_preset(cell.model).fps)
     r = evaluate_vbench(videos, dataset_path(dataset, config["resources"]),
                         root / "vbench" / cell.model / cell.method, device=str(dev), **settings)
     pct = lambda v: None if v is None else 100 * v  # noqa: E731  (the leaderboard's percent scale)

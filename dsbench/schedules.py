@@ -54,10 +54,10 @@ def train_cell(cell: Cell, out: str | Path, *, force: bool = False, progress: bo
     return schedule
 
 
-def render_heatmap(cell: Cell, out: str | Path) -> Path:
+def render_heatmap(cell: Cell, out: str | Path, view: str = "paper") -> Path:
     from dsbench.figures import schedule_heatmap
 
     method = trained_method(cell)
     schedule = method.load_schedule()
     kinds = tuple(cell.adapter.sublayer_kinds[s] for s in schedule.sublayers)
-    return schedule_heatmap(schedule, kinds, out)
+    return schedule_heatmap(schedule, kinds, out, view=view)

@@ -14,8 +14,11 @@ Inputs
 * ``rows``: the rows to show, in order: ``{"method": "toca", "paper_row": "toca", "label": "ToCa"}``.
   ``paper_row`` may be ``None`` (no paper value). A row whose method is absent from ``ours`` is kept
   and rendered as ``—``, never dropped.
-* ``columns``: our metrics to show. A metric with a paper counterpart (:data:`PAPER_COUNTERPARTS`)
-  gets a "(paper)" and an "(ours)" column; any other metric gets "(ours)" only.
+* ``columns``: our metrics to show. A metric with a paper counterpart (:data:`PAPER_COUNTERPARTS`,
+  overridden per table by ``paper_columns``) gets a "(paper)" and an "(ours)" column; any other metric
+  gets "(ours)" only. ``column_titles`` renames a metric's columns in one table.
+* Derived metrics (:func:`add_derived_columns`): ``macs_c1_cfg_T``, ``macs_c1_T`` times the CFG branches
+  the model runs per image and step (2 with guidance, else 1).
 
 Outputs: ``{out_prefix}.csv`` (raw numbers, machine-readable, provenance included), ``{out_prefix}.md``
 and ``{out_prefix}.tex`` (booktabs tabular), each written atomically (temp file + ``os.replace``).
@@ -43,6 +46,7 @@ __all__ = [
     "MetricFormat",
     "format_value",
     "latex_escape",
+    "add_derived_columns",
     "load_paper_table",
     "render_table",
 ]
@@ -60,9 +64,10 @@ PAPER_METRICS: tuple[str, ...] = (
 # Our metric -> the paper column it is compared against. The paper reports one MACs figure per
 # table; by default it is paired with ``macs_c1_T`` (linear/conv layers, per image and CFG branch,
 # which reproduces PixArt-alpha's 2.86 T and 10.851 T). DiT-XL/2's 11.44 T (Table 2) is that count
-# times the CFG batch of 2 (attention matmuls still excluded, so it is not ``macs_total_T``): add a
-# column ``macs_c1_cfg_T = 2 * macs_c1_T`` to ``ours`` and pass
-# ``paper_columns={"macs_c1_cfg_T": "macs_T", "macs_c1_T": None}``.
+# times the CFG batch of 2 (attention matmuls still excluded, so it is not ``macs_total_T``): a table
+# says so in the config (``tables.<name>.paper_columns: {macs_c1_T: null, macs_c1_cfg_T: macs_T}``,
+# which `dsbench render` passes here as ``paper_columns``), and shows ``macs_c1_cfg_T``
+# (:func:`add_derived_columns`) beside ``macs_c1_T``.
 PAPER_COUNTERPARTS: dict[str, str] = {
     "macs_c1_T": "macs_T",
     "speedup": "speedup",
@@ -87,7 +92,7 @@ class MetricFormat:
 
 METRIC_FORMATS: dict[str, MetricFormat] = {
     "macs_c1_T": MetricFormat("MACs", 3, " T", r"\,T"),
-    "macs_c1_cfg_T": MetricFormat("MACs (CFG batch)", 3, " T", r"\,T"),
+    "macs_c1_cfg_T": MetricFormat("MACs (CFG batch)", 3, " T", r"\,T"),   # macs_c1_T × CFG branches
     "macs_total_T": MetricFormat("MACs total", 3, " T", r"\,T"),
     "macs_c1_G": MetricFormat("MACs", 2, " G", r"\,G"),
     "speedup": MetricFormat("Speedup", 2, "×", r"$\times$"),
@@ -108,6 +113,18 @@ METRIC_FORMATS: dict[str, MetricFormat] = {
     "latency_s": MetricFormat("Latency (s)", 3),
 }
 _DEFAULT_FORMAT_DECIMALS = 3
+
+
+def add_derived_columns(ours: pd.DataFrame, cfg_branches: int) -> pd.DataFrame:
+    """``ours`` with the metrics derived from its columns, where absent: ``macs_c1_cfg_T`` =
+    ``macs_c1_T`` × ``cfg_branches`` (the CFG branches the model runs per image and step: 2 with
+    guidance, as DiT-XL/2's batch of 2 or Wan's two calls, else 1), the convention of the paper's 11.44 T."""
+    if cfg_branches not in (1, 2):
+        raise ValueError(f"cfg_branches must be 1 or 2, not {cfg_branches!r}")
+    ours = ours.copy()
+    if "macs_c1_T" in ours.columns and "macs_c1_cfg_T" not in ours.columns:
+        ours["macs_c1_cfg_T"] = pd.to_numeric(ours["macs_c1_T"], errors="coerce") * cfg_branches
+    return ours
 
 # ---------------------------------------------------------------------------------------------
 # formatting helpers
@@ -238,10 +255,11 @@ class _Col:
     title: str           # display title, unescaped
 
 
-def _layout(columns: Sequence[str], counterparts: Mapping[str, str | None]) -> list[_Col]:
+def _layout(columns: Sequence[str], counterparts: Mapping[str, str | None],
+            titles: Mapping[str, str]) -> list[_Col]:
     cols: list[_Col] = []
     for metric in columns:
-        title = _metric_format(metric).title
+        title = titles.get(metric) or _metric_format(metric).title
         if counterparts.get(metric):
             cols.append(_Col(metric, "paper", f"{metric}_paper", f"{title} (paper)"))
         cols.append(_Col(metric, "ours", f"{metric}_ours", f"{title} (ours)"))
@@ -266,13 +284,13 @@ def rank_agreement(ours: pd.Series, paper: pd.Series) -> tuple[float, int]:
     return float(both["ours"].rank().corr(both["paper"].rank())), len(both)
 
 
-def _agreement_note(df: pd.DataFrame, layout: list[_Col]) -> str | None:
+def _agreement_note(df: pd.DataFrame, layout: list[_Col], titles: Mapping[str, str]) -> str | None:
     parts = []
     for c in layout:
         if c.source == "paper":
             rho, n = rank_agreement(df[f"{c.metric}_ours"], df[c.key])
             if not math.isnan(rho):
-                parts.append(f"{_metric_format(c.metric).title} {rho:+.2f} ({n} rows)")
+                parts.append(f"{titles.get(c.metric) or _metric_format(c.metric).title} {rho:+.2f} ({n} rows)")
     return ("Rank agreement with the paper, Spearman's ρ over the rows with both values: " + "; ".join(parts)
             + ".") if parts else None
 
@@ -301,7 +319,7 @@ def _render_markdown(table_name: str, df: pd.DataFrame, layout: list[_Col],
 
 
 def _render_latex(table_name: str, df: pd.DataFrame, layout: list[_Col], notes: Sequence[str],
-                  latex_notes: str) -> str:
+                  latex_notes: str, titles: Mapping[str, str]) -> str:
     out = [f"% {' '.join(str(table_name).split())}: generated by dsbench.tables.render_table; do not edit by hand.",
            r"% Requires \usepackage{booktabs}."]
     for n in notes:
@@ -322,7 +340,7 @@ def _render_latex(table_name: str, df: pd.DataFrame, layout: list[_Col], notes: 
     rules = []
     col_index = 2
     for metric, cs in groups:
-        title = latex_escape(_metric_format(metric).title)
+        title = latex_escape(titles.get(metric) or _metric_format(metric).title)
         top.append(rf"\multicolumn{{{len(cs)}}}{{c}}{{{title}}}")
         rules.append(rf"\cmidrule(lr){{{col_index}-{col_index + len(cs) - 1}}}")
         col_index += len(cs)
@@ -352,6 +370,7 @@ def render_table(
     notes: list[str] | None = None,
     *,
     paper_columns: Mapping[str, str | None] | None = None,
+    column_titles: Mapping[str, str] | None = None,
     latex_notes: str = "comment",
 ) -> pd.DataFrame:
     """Render one table comparing ``ours`` with the paper; write ``{out_prefix}.csv/.md/.tex``.
@@ -359,7 +378,9 @@ def render_table(
     ``notes`` are listed under the Markdown table and written into the ``.tex`` file as comments
     (``latex_notes="comment"``, the default, keeps the file a bare tabular) or also as a small
     footnote paragraph after the tabular (``latex_notes="below"``).
-    ``paper_columns`` overrides :data:`PAPER_COUNTERPARTS` per metric (``None`` unpairs a metric).
+    ``paper_columns`` overrides :data:`PAPER_COUNTERPARTS` per metric (``None`` unpairs a metric; a
+    value must be one of :data:`PAPER_METRICS`); ``column_titles`` replaces a metric's display title
+    (e.g. naming the CFG convention of each MACs column).
     Returns the table as written to the CSV (one row per entry of ``rows``, in order).
     """
     if latex_notes not in ("comment", "below"):
@@ -373,6 +394,10 @@ def render_table(
     if len(set(columns)) != len(columns):
         raise ValueError(f"duplicate metrics in columns: {columns}")
 
+    bad = {k: v for k, v in (paper_columns or {}).items() if v is not None and v not in PAPER_METRICS}
+    if bad:
+        raise ValueError(f"paper_columns {bad}: a paper column must be one of {PAPER_METRICS} (or None)")
+    titles = {str(k): str(v) for k, v in (column_titles or {}).items()}
     counterparts: dict[str, str | None] = dict(PAPER_COUNTERPARTS)
     if "clip_toca" in columns and "clip" not in (paper_columns or {}):
         counterparts["clip"] = None  # the paper's CLIP number sits beside the protocol that made it
@@ -396,7 +421,7 @@ def render_table(
     # rows
     seen: set[str] = set()
     records: list[dict[str, Any]] = []
-    layout = _layout(columns, counterparts)
+    layout = _layout(columns, counterparts, titles)
     for spec in rows:
         if "method" not in spec or spec["method"] in (None, ""):
             raise ValueError(f"row spec without a method: {spec!r}")
@@ -440,12 +465,12 @@ def render_table(
         df[c.key] = df[c.key].astype(float)
     df["in_ours"] = df["in_ours"].astype(bool)
 
-    agreement = _agreement_note(df, layout)
+    agreement = _agreement_note(df, layout, titles)
     notes = notes + [agreement] if agreement else notes
     # render everything before writing anything, then write each file atomically
     csv_text = df.to_csv(index=False, lineterminator="\n")
     md_text = _render_markdown(table_name, df, layout, notes)
-    tex_text = _render_latex(table_name, df, layout, notes, latex_notes)
+    tex_text = _render_latex(table_name, df, layout, notes, latex_notes, titles)
     prefix = Path(out_prefix)
     _atomic_write_text(_with_suffix(prefix, ".csv"), csv_text)
     _atomic_write_text(_with_suffix(prefix, ".md"), md_text)

@@ -1,8 +1,8 @@
 """VBench's input: a cell's video shards written out as "{prompt}-{k}.mp4" files (VBench's naming).
 
-H.264 through the ffmpeg binary imageio-ffmpeg ships, at Wan2.1's 16 fps, as Wan's own examples save
-their videos (diffusers' export_to_video goes through imageio's plugin, which cannot write to the atomic
-writer's temporary name).
+H.264 through the ffmpeg binary imageio-ffmpeg ships, at the preset's frame rate: Wan2.1's 16 fps, as Wan's
+own examples save their videos, or 8 fps for Table 3's paper-size preset (diffusers' export_to_video goes
+through imageio's plugin, which cannot write to the atomic writer's temporary name).
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = FPS) -> None:
 
 
 def export_videos(folder: str | Path, num_samples: int, shard_size: int, names: list[str],
-                  out_dir: str | Path) -> Path:
-    """Sample i of the shards in `folder` as out_dir/names[i]; files already there are kept (resumable)."""
+                  out_dir: str | Path, fps: int = FPS) -> Path:
+    """Sample i of the shards in `folder` as out_dir/names[i] at `fps`; files already there are kept (resumable)."""
     if len(names) != num_samples:
         raise ValueError(f"{len(names)} file names for {num_samples} samples")
     out_dir = Path(out_dir)
@@ -47,5 +47,5 @@ def export_videos(folder: str | Path, num_samples: int, shard_size: int, names: 
         if shard.images.ndim != 5:
             raise ValueError(f"{shard_path(folder, k)} holds images, not videos: {shard.images.shape}")
         for i in todo:
-            write_mp4(out_dir / names[i], shard.images[i - rng.start])
+            write_mp4(out_dir / names[i], shard.images[i - rng.start], fps=fps)
     return out_dir

@@ -60,6 +60,7 @@ class ModelPreset:
     proxy: str | None = None           # trained CPU proxy: its committed folder under models/proxies/
     width: int | None = None           # output width where it differs from `resolution` (Wan: 480×832)
     frames: int = 1                    # video frames (Wan); 1 for image models
+    fps: int = 16                      # frame rate the videos are written at for VBench (Wan2.1's own: 16)
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -132,7 +133,15 @@ MODELS: dict[str, ModelPreset] = {
                              in_channels=3, out_channels=3),
             text_encoder=PROXY_T5, text_tokens=16, text_dim=PROXY_T5["d_model"],
         ),
-        ModelPreset(  # Table 3: 20 steps, 480×832, 81 frames (Wan's default T2V setting)
+        # Table 3 at the paper's size: 256×256, 2 s at 8 fps. Wan's VAE compresses time by 4 and keeps the
+        # first frame on its own, so a clip has 4k + 1 frames; 16 is not one (WanPipeline itself rounds 16
+        # to 17), so 17: latent 5×32×32 -> 5 × 16 × 16 = 1,280 tokens (patch 1×2×2).
+        ModelPreset(
+            name="wan21_t2v_1_3b_256", family="wan", resolution=256, frames=17, fps=8,
+            transformer=WAN_2_1_1_3B, vae=WAN_VAE, hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+            text_tokens=512, text_dim=4096,
+        ),
+        ModelPreset(  # not the paper's: Wan2.1's default T2V setting, 480×832, 81 frames (benchmarks, GPU checks)
             name="wan21_t2v_1_3b", family="wan", resolution=480, width=832, frames=81,
             transformer=WAN_2_1_1_3B, vae=WAN_VAE, hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
             text_tokens=512, text_dim=4096,

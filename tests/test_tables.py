@@ -21,6 +21,8 @@ from dsbench.tables import (
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_DIR = ROOT / "results" / "paper"
 PAPER_CSVS = sorted(PAPER_DIR.glob("*.csv"))
+# DiffSparse's ablations (Tables 5-8): variants of DiffSparse, with no unaccelerated row.
+ABLATION_TABLES = ("table5", "table6", "table7", "table8")
 
 COLUMNS = ["macs_c1_T", "macs_total_T", "speedup", "fid", "clip", "psnr", "lpips"]
 ROWS = [
@@ -291,8 +293,9 @@ def test_module_does_not_import_torch():
 
 
 def test_paper_csvs_present():
-    assert {p.name for p in PAPER_CSVS} >= {"table1.csv", "table2.csv", "table3.csv",
-                                             "table4.csv", "table9.csv"}
+    assert {p.name for p in PAPER_CSVS} >= {"table1.csv", "table2.csv", "table3.csv", "table4.csv",
+                                             "table5.csv", "table6.csv", "table7.csv", "table8.csv",
+                                             "table9.csv"}
 
 
 @pytest.mark.parametrize("path", PAPER_CSVS, ids=lambda p: p.name)
@@ -302,7 +305,8 @@ def test_paper_csv_parses_with_unique_rows(path):
     df = pd.read_csv(path)
     assert list(df.columns[:2]) == ["row", "label"]
     assert df["row"].is_unique and df["row"].str.fullmatch(r"[a-z0-9_]+").all()
-    assert df["row"].iloc[0] == "none"  # the unaccelerated baseline comes first
+    if path.stem not in ABLATION_TABLES:
+        assert df["row"].iloc[0] == "none"  # the unaccelerated baseline comes first
     metrics = df.columns[2:]
     assert len(metrics) >= 1
     for col in metrics:
@@ -374,6 +378,48 @@ def test_table9_values():
     assert t.loc["none", "macs_T"] / t.loc["diffsparse", "macs_T"] == pytest.approx(1.81, abs=0.005)
 
 
+def test_table5_values():
+    """Token score: the paper's two columns (Base. = ToCa's allocation, w/ DiffSparse) as two rows per score."""
+    t = _paper("table5.csv")
+    assert list(t.columns) == ["row", "label", "fid"]
+    assert t["row"].tolist() == ["norm_base", "norm_diffsparse", "similarity_base", "similarity_diffsparse",
+                                 "attention_base", "attention_diffsparse"]
+    assert dict(t["fid"]) == {"norm_base": 29.05, "norm_diffsparse": 28.89, "similarity_base": 29.00,
+                              "similarity_diffsparse": 28.07, "attention_base": 28.35,
+                              "attention_diffsparse": 26.91}
+    # the printed gains: (-0.16), (-0.93), (-1.44)
+    for score, gain in (("norm", -0.16), ("similarity", -0.93), ("attention", -1.44)):
+        assert t.loc[f"{score}_diffsparse", "fid"] - t.loc[f"{score}_base", "fid"] == pytest.approx(gain, abs=1e-9)
+    # the attention rows are Table 1's ToCa and DiffSparse (R = 43%)
+    t1 = _paper("table1.csv")
+    assert t.loc["attention_base", "fid"] == t1.loc["toca", "fid"]
+    assert t.loc["attention_diffsparse", "fid"] == t1.loc["diffsparse_r43", "fid"]
+
+
+def test_table6_to_8_values():
+    t6, t7, t8 = _paper("table6.csv"), _paper("table7.csv"), _paper("table8.csv")
+    for t in (t6, t7, t8):
+        assert list(t.columns) == ["row", "label", "fid", "clip"]
+    assert {k: tuple(v) for k, v in t6[["fid", "clip"]].iterrows()} == \
+        {"l2": (27.68, 0.164), "ssim": (27.46, 0.164), "lpips": (26.91, 0.164)}
+    assert {k: tuple(v) for k, v in t7[["fid", "clip"]].iterrows()} == {
+        "interval_0_1": (27.96, 0.163), "interval_0_125": (27.91, 0.163), "interval_0_25": (26.91, 0.164),
+        "interval_0_5": (27.54, 0.164), "interval_1": (28.22, 0.162)}
+    assert {k: tuple(v) for k, v in t8[["fid", "clip"]].iterrows()} == {
+        "delta_0": (27.40, 0.163), "delta_5": (27.01, 0.164), "delta_10": (26.91, 0.164),
+        "delta_20": (26.95, 0.164)}
+    # Table 7's |S| column lives in the label; it is the size of the candidate grid of that interval
+    from methods.diffsparse.schedule import candidates
+
+    for key, label in t7["label"].items():
+        interval, size = label.split(" (|S| = ")
+        assert key == "interval_" + interval.replace(".", "_").removesuffix("_0")
+        assert len(candidates(float(interval))) == int(size.rstrip(")"))
+    # every ablation's default row (attention, LPIPS, 0.25, δ = 10) is Table 1's DiffSparse (R = 43%)
+    default = _paper("table1.csv").loc["diffsparse_r43", "fid"]
+    assert t6.loc["lpips", "fid"] == t7.loc["interval_0_25", "fid"] == t8.loc["delta_10", "fid"] == default
+
+
 def test_paper_text_claims_consistent():
     """Numbers quoted in the paper's prose agree with the transcribed tables."""
     t1, t2 = _paper("table1.csv"), _paper("table2.csv")
@@ -401,3 +447,68 @@ def test_rank_agreement_is_spearman_over_rows_with_both_values(tmp_path):
     md = (tmp_path / "t.md").read_text(encoding="utf-8")
     # paper FID: none 28.20, toca 28.35, duca 27.98, fora 29.67 -> ranks 2,3,1,4; ours 1,3,2,4: ρ = 0.8
     assert "Spearman's ρ over the rows with both values: FID +0.80 (4 rows)." in md
+
+
+# ---------------------------------------------------------------------------------------------
+# Table 2's MACs: the paper's 11.44 T counts both CFG branches
+
+
+def test_table2_renders_both_macs_conventions_with_the_papers_figure_beside_the_cfg_inclusive_one(tmp_path):
+    """`dsbench render` with config.yaml's table2 (its paper_columns and column_titles) on a fake results
+    CSV: our macs_c1 (one CFG branch, 5.72 T) and twice it (both branches, 11.44 T) side by side, each
+    labelled, and the paper's 11.44 beside the CFG-inclusive figure, not beside 5.72."""
+    from dsbench.cli import main
+
+    prov = dict(git_commit="0123abc", config_hash="cfg42", device="cpu", model_source="meta")
+    pd.DataFrame([
+        dict(method="none", macs_c1_T=5.7197, macs_total_T=11.8666, speedup=1.0, fid=2.30, **prov),
+        dict(method="steps_50", macs_c1_T=2.8599, macs_total_T=5.9333, speedup=1.9, fid=3.1, **prov),
+    ]).to_csv(tmp_path / "dit_xl_2_256.csv", index=False)
+    with pytest.warns(UserWarning, match="not in ours"):  # sfid, psnr ... absent from the fake CSV
+        assert main(["render", "--config", str(ROOT / "config.yaml"), "--table", "table2",
+                     "--root", str(tmp_path), "--paper-dir", str(PAPER_DIR)]) == 0
+    md = (tmp_path / "tables" / "table2.md").read_text(encoding="utf-8")
+    header = _md_header(md)
+    assert header[1:5] == ["MACs, 1 CFG branch (ours)", "MACs, 2 CFG branches (paper)",
+                           "MACs, 2 CFG branches (ours)", "MACs total (ours)"]
+    assert "MACs, 1 CFG branch (paper)" not in header
+    row = dict(zip(header[1:], _md_rows(md)["DDIM-50 steps"]))
+    assert row["MACs, 1 CFG branch (ours)"] == "5.720 T"
+    assert row["MACs, 2 CFG branches (paper)"] == "11.440 T"
+    assert row["MACs, 2 CFG branches (ours)"] == "11.439 T"
+    half = dict(zip(header[1:], _md_rows(md)["DDIM-25 steps"]))
+    assert (half["MACs, 2 CFG branches (paper)"], half["MACs, 2 CFG branches (ours)"]) == ("5.730 T", "5.720 T")
+    df = pd.read_csv(tmp_path / "tables" / "table2.csv")
+    assert "macs_c1_T_paper" not in df.columns
+    assert df.loc[0, "macs_c1_cfg_T_paper"] == 11.44
+    assert df.loc[0, "macs_c1_cfg_T_ours"] == pytest.approx(2 * 5.7197)
+    tex = (tmp_path / "tables" / "table2.tex").read_text(encoding="utf-8")
+    assert r"\multicolumn{2}{c}{MACs, 2 CFG branches}" in tex and r"\multicolumn{1}{c}{MACs, 1 CFG branch}" in tex
+
+
+def test_paper_columns_and_titles_are_checked():
+    import copy
+
+    import yaml
+
+    from dsbench import config as dsconfig
+    from dsbench.tables import PAPER_METRICS, add_derived_columns
+
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for field, value, match in [
+        ("paper_columns", {"macs_c1_cfg_T": "macs"}, "paper_columns"),            # not a paper column
+        ("paper_columns", {"fid_cfg": "fid"}, "not among the table's columns"),   # not one of ours
+        ("column_titles", {"lpips_x": "LPIPS"}, "not among the table's columns"),
+    ]:
+        cfg = copy.deepcopy(base)
+        cfg["tables"]["table2"][field] = value
+        with pytest.raises(dsconfig.ConfigError, match=match):
+            dsconfig.validate(cfg)
+    schema = yaml.safe_load(dsconfig.SCHEMA.read_text())
+    allowed = schema["$defs"]["table"]["properties"]["paper_columns"]["additionalProperties"]["enum"]
+    assert set(allowed) == {*PAPER_METRICS, None}
+    with pytest.raises(ValueError, match="paper column"):
+        render_table("x", _ours(), PAPER_DIR / "table1.csv", ROWS, ["fid"], "unused", paper_columns={"fid": "FID"})
+    ours = add_derived_columns(pd.DataFrame([dict(method="none", macs_c1_T=1.5)]), 2)
+    assert ours.loc[0, "macs_c1_cfg_T"] == 3.0
+    assert add_derived_columns(pd.DataFrame([dict(method="none", macs_c1_T=1.5)]), 1).loc[0, "macs_c1_cfg_T"] == 1.5

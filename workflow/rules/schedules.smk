@@ -28,7 +28,8 @@ rule train_schedule:
 
 
 rule schedule_heatmap:
-    # Figure 3 of the paper from any trained schedule.
+    # Figure 3 of the paper from any trained schedule, drawn as the paper does: x = layers, y = steps 1 … T-1
+    # (step 0 always computes in full), colour = sparsity. `dsbench heatmap --view steps` draws steps × blocks.
     input: "results/schedules/{model}/{method}.safetensors"
     output: "results/figures/{model}/{method}_schedule.png"
     params: config=variant_config
