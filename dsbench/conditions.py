@@ -14,7 +14,7 @@ PARTIPROMPTS_URL = "https://github.com/google-research/parti/blob/main/PartiProm
 DATASET_FILES = {
     "coco30k": ("datasets/coco30k/COCO_caption_prompts_30k.txt",
                 "one caption per line, 30,000 lines: the COCO caption list of the ToCa/PixArt FID-30k protocol "
-                "(see shared/reference/metrics-notes.md §4); build it with `dsbench prepare-coco` from the COCO "
+                "(30,003 lines in ToCa's copy, with duplicates); build it with `dsbench prepare-coco` from the COCO "
                 "captions JSON, or place ToCa's file at this path"),
     "partiprompts": ("datasets/partiprompts/PartiPrompts.tsv",
                      f"PartiPrompts.tsv, 1,632 prompts, from {PARTIPROMPTS_URL}"),

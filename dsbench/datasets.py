@@ -17,7 +17,7 @@ from dsbench.io import sha256_file
 PARTIPROMPTS_COUNT = 1632
 COCO_COUNT = 30_000
 COCO_LIST = "COCO_caption_prompts_30k.txt"  # the name ToCa's protocol uses; ours is built by prepare-coco
-# Samples each protocol is defined on (metrics-notes §7): FID-30k, ADM's 50 per class x 1000.
+# Samples each protocol is defined on: FID-30k (PixArt), ADM's 50 per class x 1000 (DiT, FID-50k).
 VBENCH_VIDEOS = 4_720  # VBench's standard suite: 944 distinct prompts × 5 videos
 PROTOCOL_SAMPLES = {"coco30k": COCO_COUNT, "imagenet_classes": 50_000, "vbench": VBENCH_VIDEOS}
 

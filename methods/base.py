@@ -1,6 +1,6 @@
 """The method interface: a validated config, the number of sampling steps, a plan and a ranking.
 
-A method is small on purpose (see DESIGN.md): everything that touches the model goes through the one
+A method is small on purpose: everything that touches the model goes through the one
 engine in methods/engine.py, and nothing model-specific lives in a method module: where the specs give
 per-model constants (ToCa's refresh formulas, spatial bonus, how CFG rows choose tokens), they are
 settings with the PixArt values as defaults, and config.yaml sets them per model.

@@ -4,7 +4,7 @@ DeepCache is U-Net only; a DiT has no skip branch. On cached steps the first `sh
 run fresh and every deeper block adds the residual it produced at the last full step (the residuals
 telescope to the deep residual h_out_last − h_out_shallow of that step); the final layer runs with the
 current timestep. This adaptation is inferred from the paper's 1.48 T for N=2 on PixArt-α (10 full
-steps + one block per cached step), not a documented recipe (baselines-spec §6).
+steps + one block per cached step), not a documented recipe: DeepCache's official code is U-Net only.
 """
 from dataclasses import dataclass
 

@@ -5,7 +5,8 @@ change of the probe output since the previous step is accumulated; while it stay
 the rest of the blocks are skipped and the output is the input plus the cached residual, aligned to
 the trajectory (γ from the probe residuals). Otherwise the remaining blocks run on from the probe
 state, so the probe costs nothing extra. Decisions are per sample (the engine samples one image at a
-time for this method). Written from baselines-spec.md §7; ported to PixArt/DiT with probe = block 0.
+time for this method). Written from the DiCache paper and our reading of its official FLUX/Wan code; ported to PixArt/DiT with
+probe = block 0 (there is no official port).
 
 On the meta device there are no values to decide on, so `plan()` gives the spec's forced pattern for
 MAC accounting (`meta_full_steps` full steps, one probe block on the others).

@@ -1,6 +1,7 @@
 """`duca`: DuCa (Zou et al. 2024), dual feature caching: full → conservative (ToCa-style partial) →
 aggressive (every block skipped, the last computed final hidden state reused) steps.
-Written from baselines-spec.md §3; the aggressive step follows the official code (DuCa issue #9)."""
+Written from the DuCa paper and our reading of its official code; the aggressive step follows that code,
+which skips every block (DuCa issue #9), not the paper's "all but the last"."""
 from dataclasses import dataclass
 
 import torch

@@ -13,7 +13,7 @@ returned). A hook on the denoiser counts steps.
 
 State is reset explicitly before each pipeline call (`reset()`); caches are freed after the plan's
 last step, and a denoiser call past the plan's end is an error, not a silent wrap-around (diffusers'
-own hooks leak state between calls on PixArt/DiT, see shared/reference/diffusers-internals.md §5).
+own hooks leak state between calls on PixArt/DiT, whose pipelines set no cache context).
 """
 from __future__ import annotations
 
@@ -419,7 +419,8 @@ class Engine:
             self._update_taylor(state, out)
 
     def _update_taylor(self, state: SublayerState, out) -> None:
-        """Divided differences between consecutive full steps (baselines-spec §5)."""
+        """TaylorSeer's divided differences between consecutive full steps: Δⁱ⁺¹ = (Δⁱ_now − Δⁱ_before) / d,
+        d the steps between them (its official code's recursion, not the paper's Δⁱ/Nⁱ)."""
         new = [out]
         if state.full_step is not None and self.step >= self.plan.forecast_from_step:
             d = self.step - state.full_step

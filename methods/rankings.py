@@ -1,6 +1,6 @@
 """Token rankings: which k tokens a partial sub-layer computes (higher score = computed first).
 
-Written from the method specs (shared/reference/baselines-spec.md §2.3, §3), not from the GPL code.
+Written from our reading of the ToCa and DuCa papers and their official code (GPL-3.0, read, not copied).
 A ranking sees what the engine observes on computed steps (queries, keys, values of attention
 sub-layers) and the per-token staleness counters; it returns scores (B, N). How the CFG rows of a sample
 choose is a setting (`cfg_choice`), because the official codes differ: ToCa's and DuCa's PixArt code

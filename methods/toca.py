@@ -3,7 +3,7 @@
 Full steps follow ToCa's refresh period; on the other steps each sub-layer computes the fraction
 r(step, layer, kind) of its tokens ranked by ToCa's score (cross-attention entropy, or self-attention
 influence on a model without cross-attention, + staleness + spatial bonus) and reuses the rest;
-self-attention is reused whole. Written from baselines-spec.md §2.
+self-attention is reused whole. Written from the ToCa paper and our reading of its official code (GPL-3.0, read, not copied).
 """
 from dataclasses import dataclass
 

@@ -2,7 +2,7 @@
 
 The ADM suite (guided-diffusion ``evaluations/evaluator.py``) is what DiT's Table 2 numbers come from. We
 re-implement its formulas on torch-fidelity's port of the same TF Inception graph (with TF1-style bilinear
-resize to 299), which agrees with the TF evaluator to about 0.1% (reference/metrics-notes.md §3):
+resize to 299), which agrees with the TF evaluator to about 0.1% (torch-fidelity's own comparison of its port):
 
 - FID:  pool_3 features (2048) against the reference npz's ``mu, sigma``;
 - sFID: the first 7 channels of ``mixed_6/conv`` (= ``Mixed_6d.branch1x1``, 17x17) flattened to 2023 dims,

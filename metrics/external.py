@@ -1,7 +1,7 @@
 """Metrics that pin old libraries run in a virtual environment of their own, behind a JSON file boundary.
 
 ImageReward 1.5 needs transformers<4.56 and timm 0.6.13; VBench 0.1.5 needs transformers 4.33.2, numpy<2
-and timm<=1.0.12 (shared/reference/metrics-notes.md §0). Neither fits the main environment, so each gets
+and timm<=1.0.12 (their own pins). Neither fits the main environment, so each gets
 ``<envs_root>/.venv-<name>``, built from ``envs/<name>.txt`` by workflow/rules/envs.smk, and we talk to it
 only through files: a request JSON in, a result JSON out, written by a script of ``metrics/workers/``
 that imports nothing of ours (our package is not installed there, and need not be).

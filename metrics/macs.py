@@ -7,8 +7,8 @@ encoder or the VAE, which every method shares). Per call we split its count by a
 - everything the counter sees (attention matmuls included), per image with the CFG rows included:
   `macs_total`.
 On the meta device SDPA decomposes into counted matmuls; on a CPU with real tensors the fused SDPA
-kernel is invisible to the counter, so the math backend is forced while counting
-(shared/reference/diffusers-internals.md §3).
+kernel is invisible to the counter (FlopCounterMode has no formula for it), so the math backend is
+forced while counting.
 """
 from __future__ import annotations
 

@@ -205,7 +205,7 @@ def aggregate(results: Mapping[str, Any]) -> dict:
       scored 0 *before* normalisation, which is negative where Min > 0 (flickering: −1.70).
     - available: the same formulas over the dimensions present only (weights renormalised).
     - raw_mean (and per group): the unweighted mean of the raw scores present (one candidate for the
-      paper's "43.82", see shared/reference/metrics-notes.md §6).
+      paper's "43.82", whose aggregation the paper does not state).
     """
     check_dimensions(list(results))
     raw = {d: _raw(d, v) for d, v in results.items()}

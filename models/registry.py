@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Architectures (diffusers constructor kwargs). Real ones follow diffusers' conversion scripts
-# (see shared/reference/diffusers-internals.md §2.3); tiny ones run on a CPU in seconds.
+# (scripts/convert_*_to_diffusers.py in the diffusers repository); tiny ones run on a CPU in seconds.
 PIXART_XL_2 = dict(
     num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
     patch_size=2, cross_attention_dim=1152, caption_channels=4096, attention_bias=True,

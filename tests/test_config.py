@@ -254,3 +254,17 @@ def test_engine_speed_benchmark_builds_a_valid_config_for_each_family(model):
     entry = cfg["models"][model]
     assert entry["source"] == ("tiny" if model in ("mid_pixart", "tiny_wan") else "random")
     assert entry["methods"] == bench.METHODS
+
+
+def test_no_file_cites_notes_users_do_not_have():
+    """Code, configs and docs explain themselves: none points at the developers' private notes."""
+    import subprocess
+
+    from tests.util import REPO
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    needles = ("shared/reference", "DESIGN.md", "baselines-spec", "metrics-notes", "diffusers-internals")
+    hits = [f for f in files if not f.endswith((".png", ".safetensors", ".npz"))
+            and f != "tests/test_config.py"
+            and any(n in (REPO / f).read_text(errors="ignore") for n in needles)]
+    assert hits == []

@@ -1,5 +1,5 @@
-"""The cost predictor and its straight-through estimator (paper §3.2; our reading in
-shared/reference/diffsparse-method-notes.md).
+"""The cost predictor and its straight-through estimator (the paper's §3.2, as we read it: no official
+code is public).
 
 Parameters: the layer costs C_l ∈ ℝ^{items×S} (items = (T−1)·blocks·sub-layers, in that order) and, for
 stage 1, the step costs C_f ∈ ℝ^{(T−1)×2} (column 0: compute the step in full, 1: cache it). Neither
