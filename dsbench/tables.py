@@ -255,11 +255,16 @@ class _Col:
     title: str           # display title, unescaped
 
 
+def _title(metric: str, titles: Mapping[str, str]) -> str:
+    """A metric's display title: the table's own (``column_titles``) or its format's."""
+    return titles.get(metric) or _metric_format(metric).title
+
+
 def _layout(columns: Sequence[str], counterparts: Mapping[str, str | None],
             titles: Mapping[str, str]) -> list[_Col]:
     cols: list[_Col] = []
     for metric in columns:
-        title = titles.get(metric) or _metric_format(metric).title
+        title = _title(metric, titles)
         if counterparts.get(metric):
             cols.append(_Col(metric, "paper", f"{metric}_paper", f"{title} (paper)"))
         cols.append(_Col(metric, "ours", f"{metric}_ours", f"{title} (ours)"))
@@ -290,7 +295,7 @@ def _agreement_note(df: pd.DataFrame, layout: list[_Col], titles: Mapping[str, s
         if c.source == "paper":
             rho, n = rank_agreement(df[f"{c.metric}_ours"], df[c.key])
             if not math.isnan(rho):
-                parts.append(f"{titles.get(c.metric) or _metric_format(c.metric).title} {rho:+.2f} ({n} rows)")
+                parts.append(f"{_title(c.metric, titles)} {rho:+.2f} ({n} rows)")
     return ("Rank agreement with the paper, Spearman's ρ over the rows with both values: " + "; ".join(parts)
             + ".") if parts else None
 
@@ -340,7 +345,7 @@ def _render_latex(table_name: str, df: pd.DataFrame, layout: list[_Col], notes: 
     rules = []
     col_index = 2
     for metric, cs in groups:
-        title = latex_escape(titles.get(metric) or _metric_format(metric).title)
+        title = latex_escape(_title(metric, titles))
         top.append(rf"\multicolumn{{{len(cs)}}}{{c}}{{{title}}}")
         rules.append(rf"\cmidrule(lr){{{col_index}-{col_index + len(cs) - 1}}}")
         col_index += len(cs)
