@@ -134,8 +134,9 @@ class Ranking:
         """Uniform scores (B, N): one draw per sample, keyed on (seed, sample key, step, block, sub-layer),
         repeated for its CFG rows, so a sample's tokens never depend on the batch it is drawn in."""
         per_half = B // cfg_halves
-        keys = self.sample_keys if self.sample_keys is not None and len(self.sample_keys) == per_half \
-            else range(per_half)   # library use, where the engine is not told the samples: the row
+        keys = range(per_half) if self.sample_keys is None else self.sample_keys  # None: library use, by row
+        if len(keys) != per_half:
+            raise ValueError(f"the engine was told {len(keys)} samples but the denoiser batch holds {per_half}")
         rows = [torch.rand(N, generator=torch.Generator().manual_seed(
             zlib.crc32(f"{self.seed}:{key}:{where}".encode()))) for key in keys]
         return torch.stack(rows).repeat(cfg_halves, 1)

@@ -34,7 +34,7 @@ VARIANTS = {
     "toca_s1s2": {"method": "toca", "fresh_ratio": 0.3, "attention_terms": "both"},
     "toca_s1": {"method": "toca", "fresh_ratio": 0.3, "attention_terms": "self"},
     "duca": {"method": "duca"},
-    "dicache": {"method": "dicache", "threshold": 1.0},
+    "dicache": {"method": "dicache", "threshold": 3.0},
     # each method's own "compute everything" setting
     "fora_all": {"method": "fora", "interval": 1},
     "deepcache_all": {"method": "deepcache", "interval": 1},
