@@ -32,7 +32,7 @@ def test_seeds_are_per_sample_and_distinct():
 
 def test_shard_and_batch_size_do_not_change_images(tmp_path):
     runs = {}
-    for shard_size, batch in [(2, 1), (4, 3), (6, 2)]:
+    for shard_size, batch in [(2, 1), (4, 1), (4, 3), (6, 2)]:
         cfg = tiny_config(shard_size=shard_size, batch_size=batch, model={"num_samples": 6})
         folder = tmp_path / f"s{shard_size}b{batch}"
         generate(Cell(cfg, "tiny_pixart", "none"), folder, progress=False)
@@ -41,7 +41,11 @@ def test_shard_and_batch_size_do_not_change_images(tmp_path):
     assert sorted(ref) == list(range(6))
     for key, imgs in runs.items():
         for i in range(6):
-            np.testing.assert_array_equal(imgs[i], ref[i], err_msg=f"sample {i} differs for {key}")
+            if key[1] == 1:  # the same batch size, another shard size: bit-identical
+                np.testing.assert_array_equal(imgs[i], ref[i], err_msg=f"sample {i} differs for {key}")
+            # Another batch size: within one grey level (small-batch CPU GEMMs round by batch size; README).
+            diff = np.abs(imgs[i].astype(int) - ref[i].astype(int))
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, f"sample {i} differs for {key}: {diff.max()}"
     assert not np.array_equal(ref[0], ref[1])
 
 
