@@ -8,6 +8,12 @@ from snakemake.utils import min_version
 
 min_version("9.19")
 
+# Snakemake's own loader would report a !!python tag in config.yaml only as "not valid JSON or YAML":
+# read it strictly first (one line naming file, line and key; duplicate keys refused too).
+from dsbench.config import check_files as _strict_read
+
+_strict_read(["config.yaml"])
+
 configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
@@ -18,3 +24,6 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/proxies.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/envs.smk"
+
+onstart:
+    doctor_first()   # stop before any job when a weight, dataset or reference is missing (workflow/rules/common.smk)

@@ -15,6 +15,16 @@ import torch
 from dsbench import conditions as conditions_mod
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The model settings a sample's pixels depend on (with the seed, the step count and the method's settings).
+# Not batch_size (a sample's seed and condition do not depend on it), num_samples, reference or allow_partial.
+SAMPLING_KEYS = ("source", "weights", "steps", "scheduler", "guidance_scale", "guided_channels", "dataset")
+
+
+def check_device(device: str) -> None:
+    """A configured CUDA device this machine lacks is an error before any model is built."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} is configured but this machine has no CUDA device "
+                         "(torch.cuda.is_available() is False); set `device: cpu` in the config to run on the CPU")
 
 
 @dataclass
@@ -77,6 +87,22 @@ class Cell:
         if getattr(self.accelerator, "trained", False):
             self.accelerator.load_schedule()
 
+    def sample_identity(self, base_seed: int | None = None) -> dict:
+        """What this cell's samples depend on, recorded in every shard and compared before a shard is reused
+        (dsbench/samples.py check_identity): a shard made under other settings is refused, never mixed in."""
+        from dsbench.io import sha256_file
+        from dsbench.provenance import weights_id
+
+        m = self.model_cfg
+        ident = {"model": self.model, **{k: m.get(k) for k in SAMPLING_KEYS},
+                 "dtype": m.get("dtype", self.config["dtype"]), "weights_id": weights_id(self),
+                 "base_seed": self.config["seed"] if base_seed is None else base_seed,
+                 "num_steps": self.num_steps, "method": self.method_cfg}
+        if getattr(self.accelerator, "trained", False):  # a retrained schedule makes other samples
+            path = Path(self.accelerator.config.schedule)
+            ident["schedule_sha256"] = sha256_file(path) if path.is_file() else None
+        return ident
+
     def conditions(self) -> list:
         return conditions_mod.load_conditions(self.model_cfg["dataset"], self.num_samples, self.config["resources"])
 
@@ -86,6 +112,8 @@ class Cell:
     # ---- building -------------------------------------------------------------------------------
     def build_pipeline(self, device: str | None = None, meta: bool = False):
         source = "meta" if meta else self.model_cfg["source"]
+        if not meta:
+            check_device(device or self.config["device"])
         return self.adapter.build(
             source, device=device or self.config["device"], dtype=DTYPES[self.model_cfg.get("dtype", self.config["dtype"])],
             scheduler=self.model_cfg["scheduler"], weights=self.model_cfg.get("weights"), seed=self.config["seed"],

@@ -59,7 +59,9 @@ def cmd_macs(args):
     config_mod.validate(cfg)
     if args.model in cfg["models"] and args.method not in cfg["models"][args.model]["methods"]:
         cfg["models"][args.model]["methods"].append(args.method)
-    result = count_macs(_cell(args, cfg), device=args.device)
+    cell = _cell(args, cfg)
+    result = count_macs(cell, device=args.device)
+    result["cell_digest"] = config_mod.digest(cell.sample_identity())  # dsbench aggregate checks it
     _out(args.out, result)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -82,16 +84,22 @@ def cmd_latency(args):
 
     cfg = _config(args)
     methods = args.methods.split(",") if args.methods else cfg["models"][args.model]["methods"]
-    result = measure_latency(cfg, args.model, methods)
+    # The workflow's latency job owns all cores and says how many through OMP_NUM_THREADS.
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    result = measure_latency(cfg, args.model, methods, threads=int(omp) if omp.isdigit() else None)
     _out(args.out, result)
+    print(f"{result['device']}, {result['threads']} threads, batch {result['batch_size']}")
     for m, r in result["methods"].items():
-        print(f"{m:<16} {r['median_s'] * 1e3:9.1f} ms  speedup {r['speedup']:.2f}x")
+        print(f"{m:<16} {r['median_s'] * 1e3:9.1f} ms (IQR {r['iqr_s'] * 1e3:.1f} ms, {r['runs']} runs)  "
+              f"speedup {r['speedup']:.2f}x [{r['speedup_lo']:.2f}, {r['speedup_hi']:.2f}]")
 
 
 def cmd_evaluate(args):
     from dsbench.evaluate import evaluate
 
-    result = evaluate(_cell(args), samples_root=args.root, reference=args.reference)
+    cell = _cell(args)
+    result = evaluate(cell, samples_root=args.root, reference=args.reference)
+    result["cell_digest"] = config_mod.digest(cell.sample_identity())  # dsbench aggregate checks it
     _out(args.out, result)
     print(json.dumps(result, indent=2))
 
@@ -101,9 +109,22 @@ def cmd_aggregate(args):
     from dsbench.cell import Cell
     from dsbench.provenance import provenance
 
+    from dsbench.io import read_json
+
     cfg = _config(args)
     methods = cfg["models"][args.model]["methods"]
     root = Path(args.root)
+    # Each cell's MACs and metrics must come from the settings asked for now (a result made by hand
+    # under another config is refused, not merged).
+    for m in methods:
+        want = config_mod.digest(Cell(cfg, args.model, m).sample_identity())
+        for kind in ("macs", "metrics"):
+            path = root / kind / args.model / f"{m}.json"
+            got = read_json(path).get("cell_digest") if path.is_file() else None
+            if path.is_file() and got != want:
+                raise ValueError(f"{path} was computed under other settings than {args.model}/{m} has now (cell "
+                                 f"digest {got} != {want}): rerun `dsbench {'evaluate' if kind == 'metrics' else kind}"
+                                 f" --model {args.model} --method {m}`")
     df = aggregate(args.model, methods,
                    [root / "macs" / args.model / f"{m}.json" for m in methods],
                    [root / "metrics" / args.model / f"{m}.json" for m in methods],
@@ -182,6 +203,12 @@ def cmd_grid(args):
     unknown = [x for x in methods if x not in m["methods"]]
     if unknown:
         raise ValueError(f"method variant(s) {unknown} are not run on {args.model} (its methods: {m['methods']})")
+    from dsbench.cell import Cell
+    from dsbench.samples import check_cell
+
+    for x in methods:  # rows made under other settings would show another experiment
+        check_cell(Path(args.root) / "samples" / args.model / x, min(args.n, m["num_samples"]), cfg["shard_size"],
+                   Cell(cfg, args.model, x).sample_identity())
     rows = method_rows(args.root, args.model, methods, m["num_samples"], cfg["shard_size"], args.n)
     if args.real and m["dataset"].startswith("shapes"):  # the proxies: real renders of the same conditions
         from dsbench.conditions import SHAPES_CONDITION_SEED
@@ -322,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args) or 0
     except (config_mod.ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"dsbench {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only or full results folder: one line naming the file (dsbench.io.WriteError)
+        where = f"{e.filename}: " if e.filename and str(e.filename) not in str(e) else ""
+        print(f"dsbench {args.verb}: error: {where}{e.strerror if where else e}", file=sys.stderr)
         return 2
 
 

@@ -1,9 +1,13 @@
 """Load and validate the experiment matrix (config.yaml / tests/smoke.yaml). No torch import here:
 the Snakefile and `dsbench doctor` use it.
 
-jsonschema checks the shape (workflow/schemas/config.schema.yaml, the same file Snakemake validates
-with); `check_references` checks what a schema cannot: that names used in one section exist in another.
-Every error names the key at fault.
+Config files are read strictly (`load_yaml`): a key given twice in one mapping, or a tag asking for a
+Python object (`!!python/...`), is refused with a one-line error naming the file and line(s); nothing but
+plain YAML (or JSON) values is ever constructed. jsonschema checks the shape (workflow/schemas/
+config.schema.yaml, the same file Snakemake validates with); `check_methods` builds every method
+variant's settings with its dataclass (methods/settings.py: unknown keys and wrong types, nested blocks
+included); `check_references` checks what a schema cannot: that names used in one section exist in
+another. Every error names the key at fault.
 """
 from __future__ import annotations
 
@@ -27,15 +31,110 @@ class ConfigError(ValueError):
     pass
 
 
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses tags it does not know (e.g. !!python/object/apply) with a clear
+    message; duplicate keys are found on the composed node tree by `load_yaml` (with their key path)."""
+
+    def construct_undefined(self, node):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} is not allowed: config files are "
+            "plain YAML (no Python objects or custom tags)", node.start_mark)
+
+
+StrictLoader.add_constructor(None, StrictLoader.construct_undefined)
+
+
+def _check_duplicates(node, path: str, source: str, seen: set[int]) -> None:
+    if id(node) in seen:          # an alias: already checked where the anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], tuple[int, int]] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if isinstance(key, yaml.ScalarNode):
+                # resolved tag + text: `1` (int) and `"1"` (str) are different keys
+                ident = (key.tag, key.value)
+                at = (key.start_mark.line + 1, key.start_mark.column + 1)
+                if ident in first:
+                    where = f" in {path}" if path else " at the top level"
+                    a, b = ((f"line {l}, column {c}" for l, c in (first[ident], at)) if first[ident][0] == at[0]
+                            else (f"line {l}" for l, _ in (first[ident], at)))
+                    raise ConfigError(f"{source}: duplicate key {key.value!r}{where}: {a} and {b} "
+                                      "(the second would silently replace the first)")
+                first[ident] = at
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+            _check_duplicates(value, f"{path}.{name}" if path else name, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, f"{path}.{i}" if path else str(i), source, seen)
+
+
+def _no_duplicate_pairs(source: str):
+    def hook(pairs):
+        out = {}
+        for k, v in pairs:
+            if k in out:
+                raise ConfigError(f"{source}: duplicate key {k!r} (the second would silently replace the first)")
+            out[k] = v
+        return out
+    return hook
+
+
+def load_yaml(path: str | Path) -> Any:
+    """The data of a YAML (or, by suffix, JSON) file, read strictly: a duplicate key (naming both lines),
+    an unknown tag such as !!python/object (naming the line) or a syntax error raises a one-line
+    ConfigError naming the file. Only plain values are constructed (safe loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            return json.loads(text, object_pairs_hook=_no_duplicate_pairs(str(path)))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}, line {e.lineno}: not valid JSON: {e.msg}") from None
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(node, "", str(path), set())
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(p for p in (e.context, e.problem) if p)
+        raise ConfigError(" ".join(f"{path}{where}: {what}".split())) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(" ".join(f"{path}: {e}".split())) from None
+    finally:
+        loader.dispose()
+
+
+def check_files(paths) -> None:
+    """`load_yaml` each existing file of `paths` (what Snakemake read with its own, lenient, loader)."""
+    for p in paths:
+        if Path(p).is_file():
+            load_yaml(p)
+
+
 def _path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate in place (filling schema defaults) and return the config; raise ConfigError naming the key."""
+    """Validate in place (filling schema defaults) and return the config; raise ConfigError naming the key.
+    A workflow rule's slice (dsbench/scope.py: it carries a `_scope` marker) validates without `required`
+    keys or defaults, and comes back guarded: reading a key outside its rule's scope is an error."""
+    if isinstance(config, dict) and "_scope" in config:
+        from dsbench import scope
+
+        return scope.validate(config)
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA.read_text())
+    schema = load_yaml(SCHEMA)
     base = jsonschema.Draft202012Validator
     # Fill `default:` values the way snakemake.utils.validate(set_default=True) does.
     def set_defaults(validator, properties, instance, schema):
@@ -49,8 +148,29 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     if errors:
         e = jsonschema.exceptions.best_match(errors)
         raise ConfigError(f"invalid config at {_path(e)}: {e.message}")
+    check_methods(config)
     check_references(config)
     return config
+
+
+def check_methods(config: dict[str, Any]) -> None:
+    """Build every method variant's settings with its method's Config dataclass (the one place they are
+    declared, methods/settings.py): unknown keys and wrong types, nested blocks included, raise a
+    ConfigError naming methods.<variant>.<key>…"""
+    from methods.registry import METHODS          # imports torch: only when a config is checked
+    from methods.settings import SettingsError, build
+
+    for variant, entry in config["methods"].items():
+        name = entry.get("method")
+        if name not in METHODS:
+            raise ConfigError(f"invalid config at methods.{variant}.method: unknown method {name!r} "
+                              f"(registered: {', '.join(sorted(METHODS))})")
+        try:
+            build(METHODS[name].Config, {k: v for k, v in entry.items() if k != "method"}, f"methods.{variant}")
+        except SettingsError as e:
+            raise ConfigError(f"invalid config at {e.path}: {e.problem}") from None
+        except ValueError as e:
+            raise ConfigError(f"invalid config at methods.{variant}: {e}") from None
 
 
 def check_references(config: dict[str, Any]) -> None:
@@ -91,10 +211,7 @@ def check_references(config: dict[str, Any]) -> None:
 
 def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    config = load_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the config must be a mapping")
     return validate(config)
@@ -108,9 +225,9 @@ def load_arg(arg: str) -> dict[str, Any]:
 
 
 def restrict(config: dict[str, Any], model: str, variant: str | None = None) -> dict[str, Any]:
-    """The part of the config one model's jobs depend on (keeps Snakemake's params trigger precise);
-    with `variant`, only that variant and `none` (what one cell's jobs read), so retuning one variant
-    does not rerun (or retrain) the others."""
+    """A whole, valid config for one model (by hand: `dsbench <verb> --config "$(...)"`): every top-level
+    setting, that model and its variants; with `variant`, only that variant and `none`. The workflow's
+    rules pass narrower slices, one per rule kind, that are also their rerun triggers: dsbench/scope.py."""
     m = config["models"][model]
     if variant is not None:
         m = {**m, "methods": list(dict.fromkeys(["none", variant]))}

@@ -132,9 +132,15 @@ def _paper_only_rows(config: dict) -> list[dict]:
     return rows + [_env_row("imagereward", "table9")]
 
 
-def check(config: dict) -> list[dict]:
+def check(config: dict, models=None) -> list[dict]:
     """Rows (what, needed by, where, present, how to get it), one per file and table; the configured
-    tables' models first, then every model outside a table, then Tables 3 and 9 for real-model configs."""
+    tables' models first, then every model outside a table, then Tables 3 and 9 for real-model configs.
+    With `models` (the models a workflow run's jobs sample or score, see :func:`gate`): only theirs, and
+    not the paper-only Tables 3 and 9."""
+    if models is not None:
+        keep = set(models)
+        config = {**config, "models": {k: v for k, v in config["models"].items() if k in keep},
+                  "tables": {k: t for k, t in config["tables"].items() if t["model"] in keep}}
     rows, seen = [], set()
 
     def add(new: list[dict]) -> None:
@@ -151,7 +157,7 @@ def check(config: dict) -> list[dict]:
     for name in config["models"]:
         if name not in in_tables:
             add(_model_rows(config, name, name) + _metric_rows(config, name, name))
-    if any(m["source"] == "real" for m in config["models"].values()):
+    if models is None and any(m["source"] == "real" for m in config["models"].values()):
         add(_paper_only_rows(config))
     return rows
 
@@ -166,3 +172,17 @@ def report(rows: list[dict]) -> str:
     missing = sum(not r["present"] for r in rows)
     lines.append(f"{len(rows) - missing} present, {missing} missing" if rows else "nothing external is needed")
     return "\n".join(lines)
+
+
+def gate(config: dict, models) -> tuple[bool, str]:
+    """The workflow's first step (Snakefile `onstart`, after the DAG is built, before any job; not in dry
+    runs): check what the requested targets' models need, so a run without weights stops once, with the
+    whole list, instead of failing job after job under keep-going. (ok, the report; "" if nothing to check)."""
+    models = sorted(set(models))
+    if not models:
+        return True, ""
+    rows = check(config, models)
+    ok = all(r["present"] for r in rows)
+    head = f"dsbench doctor ({', '.join(models)}): " + ("everything external is present" if ok else
+                                                         "files are missing; no job was started")
+    return ok, head + "\n" + report(rows)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from dsbench.cell import Cell
-from dsbench.samples import iter_images, read_shard, sample_seed, shard_path, shard_ranges
+from dsbench.samples import (StaleShardError, check_cell, identity_difference, iter_images, read_shard, sample_seed,
+                             shard_path, shard_ranges)
 from models.registry import get_preset
 
 WEIGHT_FILES = {  # network name -> file under resources/weights
@@ -24,10 +25,11 @@ def weights_dir(config: dict) -> Path:
 
 
 def device_for(config: dict) -> str:
-    """The configured device, or the CPU where CUDA is configured but absent."""
-    import torch
+    """The configured device; a CUDA device this machine lacks is an error, not a silent move to the CPU."""
+    from dsbench.cell import check_device
 
-    return config["device"] if not str(config["device"]).startswith("cuda") or torch.cuda.is_available() else "cpu"
+    check_device(config["device"])
+    return config["device"]
 
 
 def _fid_network(config: dict):
@@ -52,6 +54,7 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     if not reference.is_file():
         raise FileNotFoundError(f"reference statistics {reference} are missing; build them with "
                                 f"`dsbench reference --model {cell.model}` (or the workflow's reference rule)")
+    check_samples(cell, samples_root)
     from metrics.networks import load_lpips
     from metrics.shapes_classifier import load_shapes_classifier
 
@@ -62,6 +65,7 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     if adm is None:
         ref, fid_net = FeatureStats.load(reference), _fid_network(config)
         check_compatible(ref[3], res, fid_net)
+        check_reference_identity(cell, reference, ref[3])
     clip_scores = _clip_scores(m, weights_dir(config), dev) if text else {}
     reward = _image_reward(config, cell.num_samples if cell.model_cfg["dataset"] == "partiprompts" else None, dev) \
         if m.get("image_reward") and cell.adapter.family != "dit" else None
@@ -122,6 +126,52 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         out |= {"psnr": fidelity["psnr"], "ssim": fidelity["ssim"], "lpips": fidelity["lpips"],
                 "fidelity_n": fidelity["n"]}
     return out
+
+
+def check_samples(cell: Cell, samples_root: str | Path = "results") -> None:
+    """The cell's shards and its baseline's (`none`, for fidelity) all present and made under the settings
+    asked for now, checked from their meta before any metric work."""
+    root, n, shard = Path(samples_root) / "samples" / cell.model, cell.num_samples, cell.config["shard_size"]
+    check_cell(root / cell.method, n, shard, cell.sample_identity())
+    if cell.config["fidelity_samples"] and cell.method != "none":
+        check_cell(root / "none", n, shard, Cell(cell.config, cell.model, "none").sample_identity())
+
+
+def reference_identity(cell: Cell) -> dict:
+    """What FID reference statistics depend on beyond their network and resolution (checked by
+    metrics.fid.check_compatible): the held-out samples' identity, the shapes' seed, or the image folder."""
+    kind, m = cell.model_cfg.get("reference", "heldout"), cell.model_cfg
+    if kind == "heldout":
+        n = m.get("reference_samples", cell.num_samples)
+        return {"kind": kind, "n": n, "samples": Cell(cell.config, cell.model, "none").sample_identity(
+            cell.config["seed"] + 1)}
+    if kind == "shapes":
+        from dsbench.conditions import SHAPES_REFERENCE_SEED
+
+        return {"kind": kind, "n": m.get("reference_samples", 2000), "seed": SHAPES_REFERENCE_SEED}
+    from metrics.fid import image_list_sha256
+
+    folder = _reference_folder(cell)
+    return {"kind": kind, "folder": str(folder), "images_sha256": image_list_sha256([f.name for f in _image_files(folder)])}
+
+
+def _reference_folder(cell: Cell) -> Path:
+    kind = cell.model_cfg.get("reference", "heldout")
+    return Path(cell.config["resources"]) / "reference" / f"{kind}_{get_preset(cell.model).resolution}"
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(itertools.chain(folder.glob("*.png"), folder.glob("*.jpg"), folder.glob("*.JPEG")))
+
+
+def check_reference_identity(cell: Cell, path: Path, meta: dict) -> None:
+    how = f"delete it and rebuild it (`dsbench reference --model {cell.model} --out {path}`, or the reference rule)"
+    found = meta.get("identity")
+    if found is None:
+        raise StaleShardError(f"reference statistics {path} record no identity (made by an older dsbench): {how}")
+    diff = identity_difference(found, reference_identity(cell))
+    if diff is not None:
+        raise StaleShardError(f"reference statistics {path} were made under other settings: {diff}; {how}")
 
 
 def _adm_extractor(cell: Cell):
@@ -221,15 +271,15 @@ def reference_stats(cell: Cell, out: str | Path, samples_root: str | Path = "res
         batches = _shapes_batches(n, res)
         names = [f"shapes:{SHAPES_REFERENCE_SEED}:{i}" for i in range(n)]
     else:
-        folder = Path(config["resources"]) / "reference" / f"{kind}_{res}"
-        files = sorted(itertools.chain(folder.glob("*.png"), folder.glob("*.jpg"), folder.glob("*.JPEG")))
+        folder = _reference_folder(cell)
+        files = _image_files(folder)
         if len(files) < 2:
             raise FileNotFoundError(
                 f"reference images for {kind!r} are missing: {folder} must hold the reference set as PNG/JPEG, "
                 f"center-cropped and resized to {res}px (see README, 'Data')")
         batches = (_load_images(files[i:i + 64]) for i in range(0, len(files), 64))
         names = [f.name for f in files]
-    return make_reference_stats(batches, names, fid_net, dev, res, out)
+    return make_reference_stats(batches, names, fid_net, dev, res, out, identity=reference_identity(cell))
 
 
 def _shapes_batches(n: int, res: int):

@@ -22,7 +22,7 @@ def vbench_settings(config: dict, dataset: str) -> dict:
 
 def evaluate_video(cell: Cell, samples_root: str | Path = "results") -> dict:
     from dsbench.conditions import VBENCH_DATASETS, dataset_path, vbench_videos
-    from dsbench.evaluate import device_for
+    from dsbench.evaluate import check_samples, device_for
     from dsbench.videos import export_videos
     from metrics.fidelity import Fidelity
     from metrics.networks import load_lpips
@@ -32,7 +32,8 @@ def evaluate_video(cell: Cell, samples_root: str | Path = "results") -> dict:
     if dataset not in VBENCH_DATASETS:
         raise ValueError(f"{cell.model} makes videos: its dataset must be a VBench suite (vbench, vbench_tiny), "
                          f"not {dataset!r}")
-    # Suite, scorer files and networks are checked before any video is written.
+    # Samples, suite, scorer files and networks are checked before any video is written.
+    check_samples(cell, samples_root)
     names = [name for _, _, name in vbench_videos(dataset, n, config["resources"])]
     settings, dev = vbench_settings(config, dataset), device_for(config)
     if settings["backend"] == "real":

@@ -5,7 +5,9 @@ A reader never sees a half-written file, and a killed job leaves at most a stray
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import shutil
 import json
 import os
 import tempfile
@@ -13,22 +15,45 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class WriteError(OSError):
+    """A result that could not be written, in one line naming the file (and the free space, if full)."""
+
+
+def write_error(path: Path, e: OSError) -> WriteError:
+    why = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        with contextlib.suppress(OSError):
+            why += f" ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on {path.parent}); free space and rerun"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why += f"; make {path.parent} writable, or run in another directory (snakemake --directory)"
+    return WriteError(e.errno, f"cannot write {path}: {why}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path to write; on success it replaces `path` in one step."""
+    """Yields a temporary path to write; on success it replaces `path` in one step. An OSError (read-only
+    or full disk) becomes a WriteError naming `path`; nothing at `path` is touched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError) and e.errno in WRITE_ERRNOS:
+            raise write_error(path, e) from e
         raise
 
 

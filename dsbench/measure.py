@@ -71,10 +71,14 @@ def _dummy_conditions(cell: Cell, n: int) -> list:
     return [0] * n if cell.adapter.family == "dit" else ["a photo"] * n
 
 
-def measure_latency(config: dict, model: str, methods: list[str]) -> dict:
-    """Median latency of one batch per method variant and the speedup against `none`, in one run."""
+def measure_latency(config: dict, model: str, methods: list[str], threads: int | None = None) -> dict:
+    """Latency of one batch per method variant (median, quartiles, timed runs; metrics/latency.py) and
+    the speedup against `none` with its spread, in one run. `threads`: torch's intra-op threads for the
+    run (the workflow passes the cores the latency job owns); default: torch's current setting."""
     from metrics.latency import speedups, time_interleaved
 
+    if threads:
+        torch.set_num_threads(threads)
     if "none" not in methods:
         methods = ["none", *methods]
     cells = {m: Cell(config, model, m) for m in methods}
@@ -89,14 +93,16 @@ def measure_latency(config: dict, model: str, methods: list[str]) -> dict:
                 cell.sample(pipe, engine, conds, seeds)
         return go
 
-    timings = time_interleaved({m: run(c) for m, c in cells.items()}, warmup=lat["warmup"],
-                               repeats=lat["repeats"], device=config["device"])
+    timings = time_interleaved({m: run(c) for m, c in cells.items()}, warmup=lat.get("warmup", 0),
+                               repeats=lat["repeats"], min_run_time=lat.get("min_run_time", 0.0),
+                               device=config["device"], threads=torch.get_num_threads())
     sp = speedups(timings)
     from dsbench.provenance import device_name
 
     return {"model": model, "batch_size": len(conds), "device": device_name(config["device"]),
-            "threads": torch.get_num_threads(),
-            "methods": {m: {**timings[m], "speedup": sp[m]} for m in methods}}
+            "threads": torch.get_num_threads(), "timer": "torch.utils.benchmark.Timer.blocked_autorange",
+            "settings": {k: lat.get(k) for k in ("warmup", "repeats", "min_run_time")},
+            "methods": {m: {**timings[m], **sp[m]} for m in methods}}
 
 
 def match_macs(config: dict, model: str, variant: str, key: str, target: float, lo: float, hi: float,

@@ -41,17 +41,21 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
-def provenance(cell) -> dict:
+def weights_id(cell) -> str:
+    """Which weights a cell samples with: a hub id or folder, a proxy's file digests, or the tiny seed."""
     m = cell.model_cfg
     if m["source"] == "real":
-        weights = m.get("weights") or cell.adapter.preset.hub_id
-    elif m["source"] == "proxy":
+        return m.get("weights") or cell.adapter.preset.hub_id
+    if m["source"] == "proxy":
         from models.proxy import proxy_dir, verified
 
         folder = proxy_dir(cell.adapter.preset.proxy, m.get("weights"))
-        weights = f"proxy {folder.name} " + ",".join(f"{k}:{v[:12]}" for k, v in verified(folder)["sha256"].items())
-    else:
-        weights = f"tiny seeded random (seed {cell.config['seed']})"
+        return f"proxy {folder.name} " + ",".join(f"{k}:{v[:12]}" for k, v in verified(folder)["sha256"].items())
+    return f"{m['source']} seeded random (seed {cell.config['seed']})"
+
+
+def provenance(cell) -> dict:
+    m = cell.model_cfg
     cell_id = {"model": {k: v for k, v in m.items() if k != "methods"}, "method": cell.method_cfg}
     return {"git_commit": git_commit(), "config_hash": digest(cell_id),
-            "versions": versions(), "device": device_name(cell.config["device"]), "model_source": weights}
+            "versions": versions(), "device": device_name(cell.config["device"]), "model_source": weights_id(cell)}

@@ -34,6 +34,14 @@ class CorruptShardError(ValueError):
     pass
 
 
+class MissingShardError(FileNotFoundError):
+    pass
+
+
+class StaleShardError(ValueError):
+    """A shard made under other settings than the cell asked for (its images would answer another question)."""
+
+
 @dataclass
 class Shard:
     images: np.ndarray   # uint8 (N, H, W, 3); videos (N, frames, H, W, 3)
@@ -60,8 +68,15 @@ def write_shard(path: str | Path, images: np.ndarray, indices, seeds, meta: dict
                      seeds=np.asarray(seeds, np.int64), meta=np.array(json.dumps(meta, sort_keys=True)))
 
 
+def _missing(path: Path) -> MissingShardError:
+    return MissingShardError(f"sample shard {path} is missing: generate it first (`dsbench generate --model "
+                             f"{path.parent.parent.name} --method {path.parent.name}`, or the workflow's generate_shard rule)")
+
+
 def read_shard(path: str | Path, expect_indices: range | None = None) -> Shard:
     path = Path(path)
+    if not path.exists():
+        raise _missing(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             shard = Shard(z["images"], z["indices"], z["seeds"], json.loads(str(z["meta"])))
@@ -73,6 +88,54 @@ def read_shard(path: str | Path, expect_indices: range | None = None) -> Shard:
         raise CorruptShardError(f"shard {path} holds samples {shard.indices[:3]}... but "
                                 f"{expect_indices} were expected (shard_size changed?)")
     return shard
+
+
+def read_meta(path: str | Path) -> dict:
+    """A shard's meta alone (an .npz member is read on access: the images stay on disk)."""
+    path = Path(path)
+    if not path.exists():
+        raise _missing(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as e:
+        raise CorruptShardError(f"corrupt shard {path}: {e}; delete it and rerun generation") from e
+
+
+def _flat(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out |= _flat(v, f"{prefix}{k}.")
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): obj}
+
+
+def identity_difference(found: dict, expected: dict) -> str | None:
+    """The settings (dotted keys) on which two sample identities differ, as "key is A there, B now", or None."""
+    a, b = _flat(found), _flat(expected)
+    diffs = [f"{key} is {a.get(key, '<unset>')!r} there, {b.get(key, '<unset>')!r} now"
+             for key in sorted(set(a) | set(b)) if a.get(key, "<unset>") != b.get(key, "<unset>")]
+    return ", ".join(diffs) or None
+
+
+def check_identity(path: str | Path, expected: dict) -> None:
+    """Refuse a shard whose recorded identity (the settings its images depend on) is not `expected`."""
+    path = Path(path)
+    found = read_meta(path).get("identity")
+    how = (f"delete {path.parent} to regenerate it under the current config (or generate into another "
+           f"--root to keep both)")
+    if found is None:
+        raise StaleShardError(f"{path} records no sample identity (written by an older dsbench): {how}")
+    diff = identity_difference(found, expected)
+    if diff is not None:
+        raise StaleShardError(f"{path} was generated under other settings: {diff}; {how}")
+
+
+def check_cell(folder: str | Path, num_samples: int, shard_size: int, expected: dict) -> None:
+    """Every shard of a cell present and made under `expected` (meta only: cheap, before any metric work)."""
+    for k in range(len(shard_ranges(num_samples, shard_size))):
+        check_identity(shard_path(folder, k), expected)
 
 
 def iter_images(folder: str | Path, num_samples: int, shard_size: int, limit: int | None = None):

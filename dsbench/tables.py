@@ -23,7 +23,14 @@ Inputs
 Outputs: ``{out_prefix}.csv`` (raw numbers, machine-readable, provenance included), ``{out_prefix}.md``
 and ``{out_prefix}.tex`` (booktabs tabular), each written atomically (temp file + ``os.replace``).
 The CSV columns are ``method, label, paper_row, in_ours``, then ``{metric}_paper`` (paired metrics
-only) and ``{metric}_ours`` per metric, then the provenance columns.
+only) and ``{metric}_ours`` per metric, then, where the table shows ``speedup`` and ``ours`` has its
+spread (dsbench/aggregate.py), :data:`SPEEDUP_SPREAD_COLUMNS` with ``_ours`` and ``speedup_beyond_ideal``,
+then the provenance columns.
+
+Speedup spread: with ``speedup_lo``/``speedup_hi`` in ``ours`` (from the latency quartiles,
+metrics/latency.py) the Markdown and LaTeX cells read ``1.74× (1.70–1.78)``. A row whose
+``speedup_lo`` is above its MAC-ideal ``speedup_ideal`` by over 5 % (dsbench.aggregate.beyond_ideal) is marked ``†``
+and named in a note: such a timing cannot be honest (the baseline was slowed by other load).
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from dsbench.aggregate import beyond_ideal
 from dsbench.io import write_text
 
 __all__ = [
@@ -55,6 +63,9 @@ MISSING = "—"            # shown in Markdown for "no value" (missing run, or n
 LATEX_MISSING = "---"    # the same in LaTeX (an em dash without needing a UTF-8 setup)
 
 PROVENANCE_COLUMNS: tuple[str, ...] = ("git_commit", "config_hash", "device", "model_source")
+# A measured speedup's spread and MAC-ideal bound in ours (dsbench/aggregate.py), carried with the speedup.
+SPEEDUP_SPREAD_COLUMNS: tuple[str, ...] = ("speedup_lo", "speedup_hi", "speedup_ideal")
+BEYOND_IDEAL_MARK = "†"
 
 # Metric columns a paper transcription may have (results/paper/*.csv).
 PAPER_METRICS: tuple[str, ...] = (
@@ -185,6 +196,7 @@ _LATEX_MAP: dict[str, str] = {
     "σ": r"$\sigma$",
     "τ": r"$\tau$",
     "×": r"$\times$",
+    "†": r"$^\dagger$",
     "≈": r"$\approx$",
     "≤": r"$\leq$",
     "≥": r"$\geq$",
@@ -300,6 +312,27 @@ def _agreement_note(df: pd.DataFrame, layout: list[_Col], titles: Mapping[str, s
             + ".") if parts else None
 
 
+def _spread_suffix(rec: Mapping[str, Any], c: _Col, *, latex: bool = False) -> str:
+    """`` (lo–hi)`` after our speedup where the row has its spread, and ``†`` where it is beyond its ideal."""
+    if c.metric != "speedup" or c.source != "ours" or "speedup_lo_ours" not in rec:
+        return ""
+    lo, hi = _to_float(rec["speedup_lo_ours"]), _to_float(rec["speedup_hi_ours"])
+    text = "" if math.isnan(lo) or math.isnan(hi) else (f" ({lo:.2f}--{hi:.2f})" if latex else f" ({lo:.2f}–{hi:.2f})")
+    if rec.get("speedup_beyond_ideal"):
+        text += r"$^\dagger$" if latex else BEYOND_IDEAL_MARK
+    return text
+
+
+def _beyond_ideal_note(df: pd.DataFrame) -> str | None:
+    if "speedup_beyond_ideal" not in df.columns or not df["speedup_beyond_ideal"].any():
+        return None
+    rows = [f"{rec['label']} ({rec['speedup_ours']:.2f}×, low end {rec['speedup_lo_ours']:.2f}×, "
+            f"MAC-ideal {rec['speedup_ideal_ours']:.2f}×)"
+            for _, rec in df[df["speedup_beyond_ideal"]].iterrows()]
+    return (f"{BEYOND_IDEAL_MARK} Measured speedup above its MAC-ideal beyond the timing spread: not "
+            f"trustworthy; rerun with the machine idle: " + "; ".join(rows) + ".")
+
+
 def _render_markdown(table_name: str, df: pd.DataFrame, layout: list[_Col],
                      notes: Sequence[str]) -> str:
     header = ["Method"] + [c.title for c in layout]
@@ -313,7 +346,7 @@ def _render_markdown(table_name: str, df: pd.DataFrame, layout: list[_Col],
         for c in layout:
             text = format_value(c.metric, rec[c.key])
             any_missing |= text == MISSING
-            cells.append(text)
+            cells.append(text if text == MISSING else text + _spread_suffix(rec, c))
         lines.append("| " + " | ".join(cells) + " |")
     foot = list(notes)
     if any_missing:
@@ -355,7 +388,9 @@ def _render_latex(table_name: str, df: pd.DataFrame, layout: list[_Col], notes: 
     out.append(r"\midrule")
     for _, rec in df.iterrows():
         cells = [latex_escape(rec["label"])]
-        cells += [format_value(c.metric, rec[c.key], latex=True) for c in layout]
+        for c in layout:
+            text = format_value(c.metric, rec[c.key], latex=True)
+            cells.append(text if text == LATEX_MISSING else text + _spread_suffix(rec, c, latex=True))
         out.append(" & ".join(cells) + r" \\")
     out.append(r"\bottomrule")
     out.append(r"\end{tabular}")
@@ -427,6 +462,8 @@ def render_table(
     seen: set[str] = set()
     records: list[dict[str, Any]] = []
     layout = _layout(columns, counterparts, titles)
+    # The speedup's spread and MAC-ideal bound travel with it where ours has them (older CSVs do not).
+    spread = "speedup" in columns and {"speedup_lo", "speedup_hi"} <= set(ours.columns)
     for spec in rows:
         if "method" not in spec or spec["method"] in (None, ""):
             raise ValueError(f"row spec without a method: {spec!r}")
@@ -458,20 +495,29 @@ def render_table(
             else:
                 value = ours_rec.get(c.metric) if ours_rec is not None else None
             rec[c.key] = _to_float(value)
+        if spread:
+            for k in SPEEDUP_SPREAD_COLUMNS:
+                rec[f"{k}_ours"] = _to_float(ours_rec.get(k)) if ours_rec is not None else math.nan
+            rec["speedup_beyond_ideal"] = beyond_ideal(rec["speedup_lo_ours"], rec["speedup_ideal_ours"])
         for p in PROVENANCE_COLUMNS:
             value = ours_rec.get(p) if ours_rec is not None else None
             rec[p] = None if _is_missing(value) else str(value)
         records.append(rec)
 
-    out_cols = ["method", "label", "paper_row", "in_ours"] + [c.key for c in layout] \
+    spread_cols = [f"{k}_ours" for k in SPEEDUP_SPREAD_COLUMNS] + ["speedup_beyond_ideal"] if spread else []
+    out_cols = ["method", "label", "paper_row", "in_ours"] + [c.key for c in layout] + spread_cols \
         + list(PROVENANCE_COLUMNS)
     df = pd.DataFrame.from_records(records, columns=out_cols)
     for c in layout:
         df[c.key] = df[c.key].astype(float)
     df["in_ours"] = df["in_ours"].astype(bool)
+    if spread:
+        df["speedup_beyond_ideal"] = df["speedup_beyond_ideal"].astype(bool)
 
     agreement = _agreement_note(df, layout, titles)
     notes = notes + [agreement] if agreement else notes
+    flagged = _beyond_ideal_note(df)
+    notes = notes + [flagged] if flagged else notes
     # render everything before writing anything, then write each file atomically
     csv_text = df.to_csv(index=False, lineterminator="\n")
     md_text = _render_markdown(table_name, df, layout, notes)

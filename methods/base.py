@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from methods.plan import Plan
 from methods.rankings import Ranking
+from methods.settings import build, invalid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +30,12 @@ class Layout:
 
 class Method:
     name: ClassVar[str]
-    Config: ClassVar[type]  # a dataclass; __post_init__ validates and names the bad key
+    # A dataclass, the one place a method's settings are declared: names, types (checked by
+    # methods.settings.build), defaults, and their meaning in its docstring; __post_init__ checks ranges.
+    Config: ClassVar[type]
 
     def __init__(self, **settings: Any):
-        fields = {f.name for f in dataclasses.fields(self.Config)}
-        unknown = set(settings) - fields
-        if unknown:
-            raise ValueError(f"method {self.name!r}: unknown setting(s) {sorted(unknown)}; "
-                             f"valid: {sorted(fields) or 'none'}")
-        self.config = self.Config(**settings)
+        self.config = build(self.Config, settings, self.name)
 
     def num_steps(self, base_steps: int) -> int:
         """Sampling steps this method runs when the model's schedule has `base_steps`."""
@@ -56,9 +54,15 @@ def check_ratio(method: str, key: str, value: float, *, low_open: bool = False) 
     bad = not isinstance(value, (int, float)) or not (0 < value <= 1 if low_open else 0 <= value <= 1)
     if bad:
         interval = "(0, 1]" if low_open else "[0, 1]"
-        raise ValueError(f"{method}.{key} must be in {interval}, got {value!r}")
+        raise invalid(method, key, f"must be in {interval}, got {value!r}")
 
 
 def check_positive_int(method: str, key: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{method}.{key} must be an integer >= 1, got {value!r}")
+        raise invalid(method, key, f"must be an integer >= 1, got {value!r}")
+
+
+def check_at_least(method: str, key: str, value: float, low: float, *, integer: bool = False) -> None:
+    bad = (isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not value >= low)
+    if bad:
+        raise invalid(method, key, f"must be {'an integer' if integer else 'a number'} >= {low}, got {value!r}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Layout, Method, check_positive_int, check_ratio
+from methods.base import Layout, Method, check_at_least, check_positive_int, check_ratio
 from methods.plan import SKIP_RESIDUAL, Plan
 
 
@@ -43,10 +43,8 @@ class DiCache(Method):
             check_ratio("dicache", "ret_ratio", self.ret_ratio)
             check_positive_int("dicache", "probe_depth", self.probe_depth)
             check_positive_int("dicache", "meta_full_steps", self.meta_full_steps)
-            if not isinstance(self.threshold, (int, float)) or self.threshold < 0:
-                raise ValueError(f"dicache.threshold must be >= 0, got {self.threshold!r}")
-            if self.gamma_max < 1:
-                raise ValueError(f"dicache.gamma_max must be >= 1, got {self.gamma_max!r}")
+            check_at_least("dicache", "threshold", self.threshold, 0)
+            check_at_least("dicache", "gamma_max", self.gamma_max, 1)
 
     def retained(self, num_steps: int) -> set[int]:
         return set(range(int(self.config.ret_ratio * num_steps) + 1)) | {num_steps - 1}

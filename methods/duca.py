@@ -34,6 +34,8 @@ class DuCa(Method):
 
     @dataclass(frozen=True)
     class Config(TokenCacheConfig):
+        __doc__ = "DuCa's settings: those of ToCa (methods.toca.TokenCacheConfig), fresh_ratio 0.75 by default. " + \
+            TokenCacheConfig.__doc__
         fresh_ratio: float = 0.75
 
     def plan(self, num_steps: int, layout: Layout) -> Plan:

@@ -160,14 +160,18 @@ def check_compatible(ref_meta: dict, resolution: int, network) -> None:
 
 
 def make_reference_stats(ref_batches: Iterable[np.ndarray], image_names: Sequence[str], network,
-                         device, resolution: int, out_path: str | Path, batch_size: int = 64) -> dict:
-    """Compute and save reference statistics with their meta; returns the meta."""
+                         device, resolution: int, out_path: str | Path, batch_size: int = 64,
+                         identity: dict | None = None) -> dict:
+    """Compute and save reference statistics with their meta (and `identity`, what the caller checks
+    them against before use); returns the meta."""
     stats = FeatureStats()
     for f in image_features(ref_batches, network, device, batch_size, resolution):
         stats.update(f)
     if stats.n != len(image_names):
         raise ValueError(f"{stats.n} images but {len(image_names)} names")
     meta = reference_meta(resolution, network, stats.n, image_names)
+    if identity is not None:
+        meta["identity"] = identity
     stats.save(out_path, meta)
     return meta
 

@@ -71,19 +71,48 @@ def test_schema_method_enum_matches_registry():
     enum = SCHEMA["$defs"]["method"]["properties"]["method"]["enum"]
     assert len(enum) == len(set(enum)), f"duplicate names in the schema's method enum: {enum}"
     assert sorted(enum) == sorted(METHODS)
-    # Each registered method has its settings branch (if method == X then ...): a method without
-    # one would accept any settings unchecked.
+
+
+def test_schema_leaves_method_settings_to_the_dataclasses():
+    """A variant's settings are declared once, by its method's Config (checked by check_methods): the
+    schema's method part names only `method` and lets the rest through."""
+    method = SCHEMA["$defs"]["method"]
+    assert set(method["properties"]) == {"method"} and "allOf" not in method
+    assert method.get("additionalProperties", True) is True
+
+
+def _settings_classes():
+    from methods.diffsparse.train_settings import SearchSettings, TrainSettings
+    from methods.registry import METHODS
+    from methods.toca import TokenCacheConfig
+
+    return {**{name: cls.Config for name, cls in METHODS.items()},
+            "diffsparse.toca": TokenCacheConfig, "diffsparse.train": TrainSettings,
+            "diffsparse.search": SearchSettings}
+
+
+@pytest.mark.parametrize("name", list(_settings_classes()))
+def test_every_setting_is_documented_in_its_dataclass(name):
+    """The descriptions that lived in the schema live in the dataclass docstrings, one entry per field."""
+    import dataclasses
+    import re
+
+    cls = _settings_classes()[name]
+    doc = " ".join((cls.__doc__ or "").split())
+    for f in dataclasses.fields(cls):
+        assert re.search(rf"\b{f.name}\b", doc), f"{name}: {f.name} is not described in {cls.__qualname__}'s docstring"
+
+
+def test_nested_settings_blocks_name_their_dataclass():
     import dataclasses
 
-    settings = {}
-    for b in SCHEMA["$defs"]["method"]["allOf"]:
-        cond = b["if"]["properties"]["method"]
-        for name in cond.get("enum", [cond.get("const")]):
-            settings[name] = set(b["then"].get("properties", {})) - {"method"}
-    assert set(settings) == set(METHODS)
-    # ... and the schema's settings are exactly the method's config fields.
-    for name, cls in METHODS.items():
-        assert settings[name] == {f.name for f in dataclasses.fields(cls.Config)}, name
+    from methods.diffsparse.method import DiffSparse
+    from methods.diffsparse.train_settings import SearchSettings, TrainSettings
+    from methods.toca import TokenCacheConfig
+
+    nested = {f.name: f.metadata.get("settings") for f in dataclasses.fields(DiffSparse.Config)}
+    assert nested["toca"] is TokenCacheConfig
+    assert nested["train"] is TrainSettings and nested["search"] is SearchSettings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +155,19 @@ def _row_not_run(c):
     c["tables"]["table1"]["rows"].append({"method": "steps_25", "label": "25% steps"})
 
 
+def _diffsparse(**settings):
+    """A diffsparse variant (defined, run on no model: every defined variant is checked)."""
+    def mutate(c):
+        c["methods"]["diffsparse_r43"] = {"method": "diffsparse", "ratio": 0.43, **settings}
+    return mutate
+
+
+def _fora_interval(value):
+    def mutate(c):
+        c["methods"]["fora_n2"]["interval"] = value
+    return mutate
+
+
 # id -> (mutation, substrings of the ConfigError message, substrings of Snakemake's output)
 BAD = {
     "unknown_model": (_unknown_model,
@@ -136,10 +178,33 @@ BAD = {
                        ["'nosuch' is not one of", "['methods']['x']['method']"]),
     "ratio_above_1": (_ratio(1.5),
                       ["invalid config at methods.steps_50.ratio:", "1.5"],
-                      ["['methods']['steps_50']['ratio']", "1.5"]),
+                      ["invalid config at methods.steps_50.ratio: must be in (0, 1], got 1.5"]),
     "ratio_negative": (_ratio(-0.1),
                        ["invalid config at methods.steps_50.ratio:", "-0.1"],
-                       ["['methods']['steps_50']['ratio']", "-0.1"]),
+                       ["invalid config at methods.steps_50.ratio:", "-0.1"]),
+    "nested_wrong_type": (_diffsparse(toca={"staleness_weight": "0.25"}),
+                          ["invalid config at methods.diffsparse_r43.toca.staleness_weight: "
+                           "must be a number, got '0.25'"],
+                          ["methods.diffsparse_r43.toca.staleness_weight: must be a number, got '0.25'"]),
+    "nested_unknown_key": (_diffsparse(train={"lr": 0.1}),
+                           ["invalid config at methods.diffsparse_r43.train: unknown setting(s) ['lr']",
+                            "valid: ['batch_size'", "'lr_layer'"],
+                           ["methods.diffsparse_r43.train: unknown setting(s) ['lr']"]),
+    "nested_out_of_range": (_diffsparse(search={"mutation": 2}),
+                            ["invalid config at methods.diffsparse_r43.search.mutation: must be in [0, 1], got 2"],
+                            ["methods.diffsparse_r43.search.mutation"]),
+    "unknown_key": (lambda c: c["methods"]["toca"].update(schedule="x.safetensors"),
+                    ["invalid config at methods.toca: unknown setting(s) ['schedule']", "'staleness_weight'"],
+                    ["methods.toca: unknown setting(s) ['schedule']"]),
+    "interval_float": (_fora_interval(2.5),
+                       ["invalid config at methods.fora_n2.interval: must be an integer, got 2.5"],
+                       ["methods.fora_n2.interval: must be an integer, got 2.5"]),
+    "interval_string": (_fora_interval("3"),
+                        ["invalid config at methods.fora_n2.interval: must be an integer, got '3'"],
+                        ["methods.fora_n2.interval: must be an integer, got '3'"]),
+    "flag_not_bool": (lambda c: c["methods"]["toca"].update(faithful_quirk="yes please"),
+                      ["invalid config at methods.toca.faithful_quirk: must be true or false, got 'yes please'"],
+                      ["methods.toca.faithful_quirk: must be true or false"]),
     "steps_zero": (_steps_zero,
                    ["invalid config at models.tiny_pixart.steps:", "0 is less than the minimum of 1"],
                    ["['models']['tiny_pixart']['steps']", "0 is less than the minimum of 1"]),
@@ -181,7 +246,11 @@ def test_validate_names_the_key(tiny_yaml, case):
         assert part in msg, f"{part!r} not in {msg!r}"
 
 
-@pytest.mark.parametrize("case", list(BAD))
+# Through Snakemake too, but not every settings case (each run imports torch): these add only another type.
+_DSBENCH_ONLY = {"interval_float", "flag_not_bool", "nested_out_of_range"}
+
+
+@pytest.mark.parametrize("case", [c for c in BAD if c not in _DSBENCH_ONLY])
 def test_snakemake_rejects_bad_config(tiny_yaml, case, tmp_path, snakemake):
     bad = tmp_path / f"{case}.yaml"
     bad.write_text(yaml.safe_dump(_bad_config(tiny_yaml, case), allow_unicode=True, sort_keys=False))
@@ -195,6 +264,169 @@ def test_snakemake_rejects_bad_config(tiny_yaml, case, tmp_path, snakemake):
     assert "Job stats" not in run.output
     assert not (tmp_path / "results").exists()
     assert not (tmp_path / "logs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# settings dataclasses -> methods.settings.build
+
+
+def test_settings_types_follow_the_annotations():
+    from methods.diffsparse.train_settings import TrainSettings
+    from methods.settings import SettingsError, build
+    from methods.toca import TokenCacheConfig
+
+    assert build(TokenCacheConfig, {"staleness_weight": 1, "grid": 2}, "t").staleness_weight == 1  # float takes int
+    assert build(TrainSettings, {"full_steps": None}, "t").full_steps is None                      # int | None
+    assert build(TrainSettings, {"full_steps": 3}, "t").full_steps == 3
+    for cls, key, value, problem in [
+        (TokenCacheConfig, "grid", True, "must be an integer, got True"),          # bool is no int
+        (TokenCacheConfig, "grid", 2.0, "must be an integer, got 2.0"),
+        (TokenCacheConfig, "bonus", False, "must be a number, got False"),
+        (TokenCacheConfig, "faithful_quirk", 1, "must be true or false, got 1"),
+        (TokenCacheConfig, "score", 3, "must be a string, got 3"),
+        (TrainSettings, "full_steps", "all", "must be an integer or null, got 'all'"),
+    ]:
+        with pytest.raises(SettingsError) as info:
+            build(cls, {key: value}, "methods.v.block")
+        assert str(info.value) == f"methods.v.block.{key} {problem}"
+    with pytest.raises(SettingsError, match=r"^methods.v.toca.threshold must be an integer >= 1, got 0$"):
+        build(TokenCacheConfig, {"threshold": 0}, "methods.v.toca")     # __post_init__'s check, re-rooted
+
+
+def test_method_api_names_the_method_and_nested_key():
+    from methods import make_method
+
+    with pytest.raises(ValueError, match=r"^diffsparse.toca.staleness_weight must be a number, got '0.25'$"):
+        make_method("diffsparse", toca={"staleness_weight": "0.25"})
+    with pytest.raises(ValueError, match=r"^diffsparse.search: unknown setting\(s\) \['elite'\]; valid: \["):
+        make_method("diffsparse", search={"elite": 2})
+    m = make_method("diffsparse", toca={"threshold": 4}, train={"samples": 16})
+    assert m.toca.threshold == 4 and m.settings.samples == 16 and m.config.toca == {"threshold": 4}
+
+
+# ---------------------------------------------------------------------------------------------
+# strict YAML: duplicate keys and tags, in dsbench and in Snakemake
+
+
+def _tiny_text() -> str:
+    return (ROOT / "tests" / "tiny.yaml").read_text()
+
+
+def _line_of(text: str, prefix: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith(prefix))
+
+
+def _with_duplicate_model(text: str) -> str:
+    """tiny.yaml with a second `tiny_pixart:` block under models (a copy, steps changed)."""
+    lines = text.splitlines(keepends=True)
+    start = _line_of(text, "  tiny_pixart:") - 1
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
+    block = "".join(lines[start:end]).replace("steps: ", "steps: 1  # was ")
+    return "".join(lines[:end]) + block + "".join(lines[end:])
+
+
+def test_load_refuses_a_duplicate_model_naming_file_key_and_lines(tmp_path):
+    text = _with_duplicate_model(_tiny_text())
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(text)
+    first = _line_of(text, "  tiny_pixart:")
+    second = _line_of("\n".join(text.splitlines()[first:]), "  tiny_pixart:") + first
+    with pytest.raises(dsconfig.ConfigError) as info:
+        dsconfig.load(bad)
+    msg = str(info.value)
+    assert msg == (f"{bad}: duplicate key 'tiny_pixart' in models: line {first} and line {second} "
+                   "(the second would silently replace the first)")
+
+
+def test_load_refuses_a_duplicate_variant_and_nested_key(tmp_path):
+    text = _tiny_text()
+    line = _line_of(text, "  toca: {method: toca")
+    bad = tmp_path / "dup_variant.yaml"
+    bad.write_text(text.replace("  duca: {method: duca", "  toca: {method: toca, fresh_ratio: 0.5}\n  duca: {method: duca"))
+    with pytest.raises(dsconfig.ConfigError, match=rf"dup_variant.yaml: duplicate key 'toca' in methods: line {line} "
+                                                    rf"and line {line + 1} "):
+        dsconfig.load(bad)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("a:\n  - {x: 1, y: 2, x: 3}\n")
+    with pytest.raises(dsconfig.ConfigError, match=r"duplicate key 'x' in a.0: line 2, column 6 and line 2, column 18"):
+        dsconfig.load_yaml(nested)
+    js = tmp_path / "dup.json"
+    js.write_text('{"seed": 1, "seed": 2}')
+    with pytest.raises(dsconfig.ConfigError, match=r"dup.json: duplicate key 'seed'"):
+        dsconfig.load(js)
+
+
+def test_yaml_merge_keys_are_no_duplicates(tmp_path):
+    f = tmp_path / "merge.yaml"
+    f.write_text("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n")
+    assert dsconfig.load_yaml(f) == {"base": {"x": 1, "y": 2}, "other": {"x": 3, "y": 2}}
+
+
+def test_load_refuses_a_python_tag_in_one_line_and_constructs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    text = _tiny_text().replace("seed: ", f'seed: !!python/object/apply:os.system ["touch {marker}"] #', 1)
+    bad = tmp_path / "tag.yaml"
+    bad.write_text(text)
+    with pytest.raises(dsconfig.ConfigError) as info:
+        dsconfig.load(bad)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{bad}, line {_line_of(text, 'seed:')}, column 7: tag '!!python/object/apply:os.system' "
+                          "is not allowed")
+    assert not marker.exists()
+
+
+def test_syntax_error_is_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "syntax.yaml"
+    bad.write_text("seed: [1\nshard_size: 2\n")
+    with pytest.raises(dsconfig.ConfigError) as info:
+        dsconfig.load(bad)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{bad}, line 2")
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in [
+    *ROOT.glob("profiles/*/profile.yaml"), *ROOT.glob("configs/*.yaml"), ROOT / "config.yaml",
+    ROOT / "tests" / "smoke.yaml", ROOT / "tests" / "tiny.yaml", ROOT / "workflow" / "schemas" / "config.schema.yaml"]))
+def test_shipped_yaml_reads_strictly(path):
+    """No shipped YAML repeats a key or uses a tag; the experiment configs also validate in full."""
+    data = dsconfig.load_yaml(ROOT / path)
+    assert isinstance(data, dict) and data
+    if path == "config.yaml" or path.startswith(("configs/", "tests/")):
+        dsconfig.load(ROOT / path)
+
+
+def test_snakemake_refuses_a_duplicate_key_in_a_configfile(tmp_path, snakemake):
+    text = _with_duplicate_model(_tiny_text())
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(text)
+    run = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(bad), "--replace-workflow-config", "smoke")
+    assert run.returncode != 0, run.tail()
+    assert f"{bad}: duplicate key 'tiny_pixart' in models: line " in run.output, run.tail()
+    assert "Job stats" not in run.output and not (tmp_path / "results").exists()
+
+
+def test_snakemake_refuses_a_python_tag_in_the_workflow_config(tmp_path, snakemake):
+    """The Snakefile's own `configfile: config.yaml` (read from the working directory) is read strictly
+    before Snakemake's loader, whose message would only say "not valid JSON or YAML"."""
+    marker = tmp_path / "ran"
+    (tmp_path / "config.yaml").write_text(
+        _tiny_text().replace("seed: ", f'seed: !!python/object/apply:os.system ["touch {marker}"] #', 1))
+    run = snakemake(tmp_path, "-n", "--cores", "1", "smoke")
+    assert run.returncode != 0, run.tail()
+    assert "config.yaml, line 3, column 7: tag '!!python/object/apply:os.system' is not allowed" in run.output, \
+        run.tail()
+    assert not marker.exists() and "Job stats" not in run.output
+
+
+def test_snakemake_refuses_a_python_tag_in_a_configfile(tmp_path, snakemake):
+    """A --configfile is loaded by Snakemake's command line before any workflow code runs (there is no hook
+    to preempt it): refused, constructing nothing, but with Snakemake's own message."""
+    marker = tmp_path / "ran"
+    bad = tmp_path / "tag.yaml"
+    bad.write_text(_tiny_text().replace("seed: ", f'seed: !!python/object/apply:os.system ["touch {marker}"] #', 1))
+    run = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(bad), "--replace-workflow-config", "smoke")
+    assert run.returncode != 0, run.tail()
+    assert not marker.exists() and "Job stats" not in run.output
 
 
 # ---------------------------------------------------------------------------------------------

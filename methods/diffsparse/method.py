@@ -14,6 +14,7 @@ from methods.diffsparse.schedule import Schedule, candidates
 from methods.diffsparse.train_settings import SearchSettings, TrainSettings
 from methods.plan import Plan
 from methods.rankings import Ranking
+from methods.settings import invalid
 from methods.toca import TokenCacheConfig, token_ranking
 
 BUDGETS = ("items", "macs")
@@ -30,31 +31,31 @@ class DiffSparse(Method):
 
     @dataclass(frozen=True)
     class Config:
-        """ratio: R, the mean sparsity over items (the paper's budget) or, with budget "macs", the fraction
-        of the cached sub-layers' per-token MACs removed; interval: the candidate grid (Table 7);
-        schedule: the trained file (the workflow fills results/schedules/{model}/{variant}.safetensors);
-        toca: ToCa's settings for the token ranking and the initial allocation; train: TrainSettings;
-        search: SearchSettings, to make the schedule by GA / random search (A.5.4) instead of training."""
+        """ratio: R in [0, 1], the mean sparsity over items (the paper's budget) or, with budget "macs", the
+        fraction of the cached sub-layers' per-token MACs removed; interval: the candidate grid interval
+        (Table 7), in (0, 1] and dividing 1; budget: "items" (the paper's) or "macs" (items weighted by their
+        sub-layer's per-token MACs); schedule: the trained file (default, filled by the workflow:
+        results/schedules/{model}/{variant}.safetensors); toca: ToCa's settings for the token ranking and
+        the initial allocation (methods.toca.TokenCacheConfig); train: the training settings
+        (methods/diffsparse/train_settings.py TrainSettings); search: SearchSettings, to make the schedule
+        by GA / random search (A.5.4) instead of training. The nested blocks are checked key by key
+        (methods.settings.build) and kept as dicts."""
         ratio: float = 0.43
         interval: float = 0.25
         budget: str = "items"
         schedule: str | None = None
-        toca: dict = field(default_factory=dict)
-        train: dict = field(default_factory=dict)
-        search: dict | None = None
+        toca: dict = field(default_factory=dict, metadata={"settings": TokenCacheConfig})
+        train: dict = field(default_factory=dict, metadata={"settings": TrainSettings})
+        search: dict | None = field(default=None, metadata={"settings": SearchSettings})
 
         def __post_init__(self):
             check_ratio("diffsparse", "ratio", self.ratio)
-            candidates(self.interval)
-            if self.budget not in BUDGETS:
-                raise ValueError(f"diffsparse.budget must be one of {BUDGETS}, got {self.budget!r}")
             try:
-                TokenCacheConfig(**self.toca)
-            except TypeError as e:
-                raise ValueError(f"diffsparse.toca: {e}") from None
-            TrainSettings.of(self.train)
-            if self.search is not None:
-                SearchSettings.of(self.search)
+                candidates(self.interval)
+            except ValueError as e:
+                raise invalid("diffsparse", "interval", str(e).removeprefix("diffsparse.interval ")) from None
+            if self.budget not in BUDGETS:
+                raise invalid("diffsparse", "budget", f"must be one of {BUDGETS}, got {self.budget!r}")
 
     @property
     def toca(self) -> TokenCacheConfig:

@@ -87,6 +87,18 @@ def _frames(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---- the trainer -----------------------------------------------------------------------------------
+
+def load_checkpoint(path: Path) -> dict:
+    """A training checkpoint: tensors and plain data only (weights_only=True never runs code from the file)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"refusing checkpoint {path}: it is not a plain tensor checkpoint ({first}); "
+                         "delete it to start training over") from None
+
 class Trainer:
     def __init__(self, adapter, pipe, method: DiffSparse, *, conditions: Sequence, num_steps: int,
                  guidance_scale: float, lpips_net=None, meta: dict | None = None):
@@ -181,7 +193,7 @@ class Trainer:
         ckpt = Path(checkpoint_path) if checkpoint_path else None
         stage_i, it, opt_state = 0, 0, None
         if ckpt is not None and ckpt.exists():
-            state = torch.load(ckpt, weights_only=False)
+            state = load_checkpoint(ckpt)
             if state["fingerprint"] != self.fingerprint():
                 raise ValueError(f"checkpoint {ckpt} belongs to a run with other settings; delete it to start over")
             self.predictor.load_state_dict(state["predictor"])

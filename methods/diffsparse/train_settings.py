@@ -1,35 +1,37 @@
 """DiffSparse's training settings; the defaults are the paper's (§4.1, A.4.1, Algorithm 1)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+
+from methods.settings import build, invalid
 
 LOSSES = ("lpips", "l2", "ssim")
 
 
 class _Settings:
-    """A block of a diffsparse variant's settings: built from a dict, every error names the key."""
+    """A block of a diffsparse variant's settings: built from a dict (methods.settings.build: unknown keys
+    and wrong types refused), every error names the key."""
     key = ""
 
     @classmethod
-    def of(cls, settings: dict):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(settings) - names
-        if unknown:
-            raise ValueError(f"diffsparse.{cls.key}: unknown setting(s) {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**settings)
+    def of(cls, settings: dict, where: str | None = None):
+        return build(cls, settings, where or f"diffsparse.{cls.key}")
+
+    def _invalid(self, name: str, problem: str):
+        return invalid(f"diffsparse.{self.key}", name, problem)
 
     def _positive_ints(self, *names: str) -> None:
         for name in names:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"diffsparse.{self.key}.{name} must be an integer >= 1, got {v!r}")
+                raise self._invalid(name, f"must be an integer >= 1, got {v!r}")
 
 
 @dataclass(frozen=True)
 class TrainSettings(_Settings):
     """samples: training conditions per epoch (captions or class labels, no images; paper 10,000);
-    two_stage: Algorithm 1 (False: the single-stage ablation, C_l only, no forced full steps);
+    batch_size: conditions per optimiser step; epochs_stage1 / epochs_stage2: passes over `samples` in
+    each stage (fractions allowed, 0 skips the stage); seed: of the batches' order and noise; two_stage: Algorithm 1 (False: the single-stage ablation, C_l only, no forced full steps);
     full_steps: |T_f|, steps stage 1 computes in full (None: as many as ToCa's schedule has after step 0);
     lr_layer / lr_step: stage-1 AdamW rates of C_l and C_f; lr_stage2: stage 2's rate of C_l;
     delta: the warm start δ (equation 9); loss: distillation loss to the teacher's final image (Table 6);
@@ -59,13 +61,13 @@ class TrainSettings(_Settings):
         self._positive_ints("samples", "batch_size", "save_every")
         for key in ("epochs_stage1", "epochs_stage2", "lr_layer", "lr_step", "lr_stage2", "delta", "init_beta"):
             if not getattr(self, key) >= 0:
-                raise ValueError(f"diffsparse.train.{key} must be >= 0, got {getattr(self, key)!r}")
+                raise self._invalid(key, f"must be >= 0, got {getattr(self, key)!r}")
         if not self.tau > 0:
-            raise ValueError(f"diffsparse.train.tau must be > 0, got {self.tau!r}")
+            raise self._invalid("tau", f"must be > 0, got {self.tau!r}")
         if self.loss not in LOSSES:
-            raise ValueError(f"diffsparse.train.loss must be one of {LOSSES}, got {self.loss!r}")
+            raise self._invalid("loss", f"must be one of {LOSSES}, got {self.loss!r}")
         if self.full_steps is not None and (not isinstance(self.full_steps, int) or self.full_steps < 0):
-            raise ValueError(f"diffsparse.train.full_steps must be an integer >= 0 or null, got {self.full_steps!r}")
+            raise self._invalid("full_steps", f"must be an integer >= 0 or null, got {self.full_steps!r}")
 
     def iterations(self, epochs: float) -> int:
         """Optimiser steps in `epochs` passes over `samples` conditions (at least one if epochs > 0)."""
@@ -75,8 +77,9 @@ class TrainSettings(_Settings):
 @dataclass(frozen=True)
 class SearchSettings(_Settings):
     """The search baselines of appendix A.5.4 (instead of training): algorithm "ga" (population,
-    mutation) or "random"; evaluations: fitness calls (the iteration budget); samples: the fixed sample
-    set the fitness (the training loss to the teacher) is measured on."""
+    mutation: GA's population size and per-item mutation probability) or "random"; evaluations: fitness
+    calls (the iteration budget); samples: the fixed sample set the fitness (the training loss to the
+    teacher) is measured on; seed: of the search and of that sample set."""
     algorithm: str = "ga"
     evaluations: int = 500
     samples: int = 8
@@ -87,7 +90,7 @@ class SearchSettings(_Settings):
 
     def __post_init__(self):
         if self.algorithm not in ("ga", "random"):
-            raise ValueError(f"diffsparse.search.algorithm must be 'ga' or 'random', got {self.algorithm!r}")
+            raise self._invalid("algorithm", f"must be 'ga' or 'random', got {self.algorithm!r}")
         self._positive_ints("evaluations", "samples", "population")
         if not 0 <= self.mutation <= 1:
-            raise ValueError(f"diffsparse.search.mutation must be in [0, 1], got {self.mutation!r}")
+            raise self._invalid("mutation", f"must be in [0, 1], got {self.mutation!r}")

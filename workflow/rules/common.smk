@@ -3,10 +3,18 @@ import json
 from snakemake.utils import validate
 
 from dsbench import config as dsconfig
+from dsbench import scope as dsscope
 from dsbench.samples import shard_ranges
 
+# Snakemake read its config files (the Snakefile's configfile:, every --configfile) with a lenient loader
+# that lets a repeated key silently win: re-read each strictly first (dsbench.config.load_yaml).
+try:
+    dsconfig.check_files(workflow.configfiles)
+except dsconfig.ConfigError as e:
+    raise ValueError(str(e)) from None
 validate(config, schema="../schemas/config.schema.yaml")
 try:
+    dsconfig.check_methods(config)      # each variant's settings, by its method's Config dataclass
     dsconfig.check_references(config)
 except dsconfig.ConfigError as e:
     raise ValueError(str(e)) from None
@@ -21,14 +29,30 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-def cell_config(wildcards):
-    """The slice of the config a model's jobs depend on, as inline JSON (also the params rerun trigger)."""
-    return json.dumps(dsconfig.restrict(config, wildcards.model), sort_keys=True)
+# Each rule's params (dsbench/scope.py has one function per rule kind, and why each key is in):
+#   config=scoped_config(kind): the slice its verb gets, a function of `output` so that Snakemake leaves it
+#       out of the params rerun trigger (its untracked keys are execution settings such as batch_size);
+#   scope=scoped_trigger(kind): the slice's tracked part, the settings the outputs depend on (the trigger).
+SCOPE_WILDCARDS = {"generate_shard": ("model", "method", "shard"), "reference_stats": ("model",),
+                   "evaluate": ("model", "method"), "macs": ("model", "method"), "latency": ("model",),
+                   "aggregate": ("model",), "render": ("table",), "train_schedule": ("model", "method"),
+                   "heatmap": ("model", "method"), "grid": ("model",)}
 
 
-def variant_config(wildcards):
-    """The slice one cell's jobs depend on: the model, its variant and `none`."""
-    return json.dumps(dsconfig.restrict(config, wildcards.model, wildcards.method), sort_keys=True)
+def _slice(kind, wildcards):
+    return getattr(dsscope, kind)(config, *(wildcards[w] for w in SCOPE_WILDCARDS[kind]))
+
+
+def scoped_config(kind):
+    def config_param(wildcards, output):  # `output`: not a params trigger (see above)
+        return dsscope.dumps(_slice(kind, wildcards))
+    return config_param
+
+
+def scoped_trigger(kind):
+    def scope_param(wildcards):
+        return dsscope.dumps(dsscope.trigger(_slice(kind, wildcards)))
+    return scope_param
 
 
 def shards(model, method, root="results/samples"):
@@ -47,3 +71,25 @@ def model_methods(model):
 
 def table_output(name):
     return [f"results/tables/{name}.{ext}" for ext in ("csv", "md", "tex")]
+
+
+# Rules whose jobs read weights, datasets, references or metric networks (aggregate, render, grids do not).
+EXTERNAL_RULES = {"generate_shard", "reference_stats", "evaluate", "latency", "macs", "train_schedule"}
+
+
+def doctor_first():
+    """The run's first step (the Snakefile's `onstart`: after the DAG is built, before any job, never in a
+    dry run): `dsbench doctor` for the models of the jobs that will run. Something missing stops the run
+    here with doctor's list, once, instead of every job failing on it in turn under keep-going."""
+    import sys
+
+    from dsbench import doctor
+
+    models = {job.wildcards_dict["model"] for job in workflow.dag.needrun_jobs()
+              if job.rule.name in EXTERNAL_RULES and "model" in job.wildcards_dict}
+    ok, text = doctor.gate(config, models)
+    if not ok:
+        print(text + "\nGet these (or point the config at them), then run again; `snakemake -n` still plans.",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1)
+

@@ -20,7 +20,7 @@ rule train_schedule:
     output:
         schedule="results/schedules/{model}/{method}.safetensors",
         provenance="results/schedules/{model}/{method}.json",
-    params: config=variant_config
+    params: config=scoped_config("train_schedule"), scope=scoped_trigger("train_schedule")
     resources: gpu=1
     threads: workflow.cores
     log: "logs/train_schedule/{model}/{method}.log"
@@ -32,7 +32,7 @@ rule schedule_heatmap:
     # (step 0 always computes in full), colour = sparsity. `dsbench heatmap --view steps` draws steps × blocks.
     input: "results/schedules/{model}/{method}.safetensors"
     output: "results/figures/{model}/{method}_schedule.png"
-    params: config=variant_config
+    params: config=scoped_config("heatmap"), scope=scoped_trigger("heatmap")
     log: "logs/heatmap/{model}/{method}.log"
     shell: "dsbench heatmap --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --out {output} > {log} 2>&1"
 

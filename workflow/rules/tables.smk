@@ -9,7 +9,8 @@ rule render_table:
     output: table_output("{table}")
     wildcard_constraints: table="table[0-9a-z_]+"
     params:
-        config=json.dumps(config, sort_keys=True),
+        config=scoped_config("render"),
+        scope=scoped_trigger("render"),
         paper_dir=str(PAPER_DIR),
     log: "logs/render/{table}.log"
     shell: "dsbench render --config {params.config:q} --table {wildcards.table} --paper-dir {params.paper_dir:q} > {log} 2>&1"
@@ -27,7 +28,7 @@ rule sample_grid:
     # The first samples of every method of a model, one row each (the proxies add a row of real data).
     input: lambda wc: [s for m in model_methods(wc.model) for s in shards(wc.model, m)]
     output: "results/grids/{model}.png"
-    params: config=cell_config
+    params: config=scoped_config("grid"), scope=scoped_trigger("grid")
     log: "logs/grid/{model}.log"
     shell: "dsbench grid --config {params.config:q} --model {wildcards.model} --real -n 12 --out {output} > {log} 2>&1"
 
