@@ -33,6 +33,38 @@ def beyond_ideal(speedup_lo, speedup_ideal, tolerance: float = BEYOND_IDEAL_TOLE
     return not (math.isnan(lo) or math.isnan(ideal)) and lo > ideal * (1 + tolerance)
 
 
+# A spread wider than this share of the speedup ((hi - lo) / speedup) marks a timing as noisy: idle runs
+# on the proxies spread by 1-3 %; runs beside a CPU-heavy process by 50-300 %.
+NOISY_SPREAD = 0.25
+# speedup_flag values, worst first, and what each says about the row.
+SPEEDUP_FLAGS = {
+    "beyond_ideal": "measured speedup above its MAC-ideal beyond the timing spread: not trustworthy",
+    "above_ideal": "measured speedup above its MAC-ideal, inside a wide timing spread: not trustworthy",
+    "noisy": f"timing spread over {NOISY_SPREAD:.0%} of the speedup: the machine was busy",
+}
+
+
+def speedup_flag(speedup, speedup_lo, speedup_hi, speedup_ideal,
+                 tolerance: float = BEYOND_IDEAL_TOLERANCE) -> str:
+    """"" for a trustworthy speedup, else the worst key of SPEEDUP_FLAGS that applies: its low end above
+    the MAC-ideal, its median above it (no plan runs faster than its MACs allow, so a timing disturbed),
+    or a spread too wide to rank by. Unknown values raise no flag."""
+    def num(x):
+        try:
+            return float(x)
+        except (TypeError, ValueError):
+            return math.nan
+
+    sp, lo, hi, ideal = num(speedup), num(speedup_lo), num(speedup_hi), num(speedup_ideal)
+    if beyond_ideal(lo, ideal, tolerance):
+        return "beyond_ideal"
+    if not (math.isnan(sp) or math.isnan(ideal)) and sp > ideal * (1 + tolerance):
+        return "above_ideal"
+    if not (math.isnan(sp) or math.isnan(lo) or math.isnan(hi)) and sp > 0 and (hi - lo) / sp > NOISY_SPREAD:
+        return "noisy"
+    return ""
+
+
 def aggregate(model: str, methods: list[str], macs: list[Path], metrics: list[Path], latency: Path,
               provenance: dict[str, dict], out: Path) -> pd.DataFrame:
     timing = read_json(latency)
@@ -62,6 +94,7 @@ def aggregate(model: str, methods: list[str], macs: list[Path], metrics: list[Pa
             "latency_threads": timing.get("threads"),
             "speedup": t["speedup"], "speedup_lo": lo, "speedup_hi": hi, "speedup_ideal": ideal,
             "speedup_beyond_ideal": beyond_ideal(lo, ideal),
+            "speedup_flag": speedup_flag(t["speedup"], lo, hi, ideal),
             **{k: met.get(k) for k in METRIC_KEYS},
             **provenance[method],
         })

@@ -164,8 +164,9 @@ def heatmap(config: dict, model: str, method: str) -> dict:
 
 def grid(config: dict, model: str) -> dict:
     """A model's sample grid: which shards hold the first samples (num_samples, shard_size), its variants
-    (rows) and dataset (the proxies' real row)."""
-    return _slice("sample_grid", config, ("shard_size",), model, ("dataset", "num_samples"),
+    (rows) and dataset (the proxies' real row), and what each row's shards are checked against before they
+    are shown (their sample identity: SAMPLING, seed, device, dtype)."""
+    return _slice("sample_grid", config, RUN, model, (*SAMPLING, "num_samples"),
                   config["models"][model]["methods"])
 
 

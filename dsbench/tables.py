@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from dsbench.aggregate import beyond_ideal
+from dsbench.aggregate import SPEEDUP_FLAGS, speedup_flag
 from dsbench.io import write_text
 
 __all__ = [
@@ -66,6 +66,9 @@ PROVENANCE_COLUMNS: tuple[str, ...] = ("git_commit", "config_hash", "device", "m
 # A measured speedup's spread and MAC-ideal bound in ours (dsbench/aggregate.py), carried with the speedup.
 SPEEDUP_SPREAD_COLUMNS: tuple[str, ...] = ("speedup_lo", "speedup_hi", "speedup_ideal")
 BEYOND_IDEAL_MARK = "†"
+# The mark of each speedup_flag (dsbench/aggregate.py) after the speedup, and its LaTeX form.
+FLAG_MARKS = {"beyond_ideal": ("†", r"$^\dagger$"), "above_ideal": ("‡", r"$^\ddagger$"),
+              "noisy": ("§", r"$^\S$")}
 
 # Metric columns a paper transcription may have (results/paper/*.csv).
 PAPER_METRICS: tuple[str, ...] = (
@@ -318,19 +321,25 @@ def _spread_suffix(rec: Mapping[str, Any], c: _Col, *, latex: bool = False) -> s
         return ""
     lo, hi = _to_float(rec["speedup_lo_ours"]), _to_float(rec["speedup_hi_ours"])
     text = "" if math.isnan(lo) or math.isnan(hi) else (f" ({lo:.2f}--{hi:.2f})" if latex else f" ({lo:.2f}–{hi:.2f})")
-    if rec.get("speedup_beyond_ideal"):
-        text += r"$^\dagger$" if latex else BEYOND_IDEAL_MARK
+    flag = rec.get("speedup_flag") or ""
+    if flag:
+        text += FLAG_MARKS[flag][1 if latex else 0]
     return text
 
 
-def _beyond_ideal_note(df: pd.DataFrame) -> str | None:
-    if "speedup_beyond_ideal" not in df.columns or not df["speedup_beyond_ideal"].any():
-        return None
-    rows = [f"{rec['label']} ({rec['speedup_ours']:.2f}×, low end {rec['speedup_lo_ours']:.2f}×, "
-            f"MAC-ideal {rec['speedup_ideal_ours']:.2f}×)"
-            for _, rec in df[df["speedup_beyond_ideal"]].iterrows()]
-    return (f"{BEYOND_IDEAL_MARK} Measured speedup above its MAC-ideal beyond the timing spread: not "
-            f"trustworthy; rerun with the machine idle: " + "; ".join(rows) + ".")
+def _speedup_flag_notes(df: pd.DataFrame) -> list[str]:
+    """One note per kind of speedup flag present, naming each flagged row with its spread and bound."""
+    if "speedup_flag" not in df.columns:
+        return []
+    notes = []
+    for flag, words in SPEEDUP_FLAGS.items():
+        rows = [f"{rec['label']} ({rec['speedup_ours']:.2f}×, spread {rec['speedup_lo_ours']:.2f}–"
+                f"{rec['speedup_hi_ours']:.2f}×, MAC-ideal {rec['speedup_ideal_ours']:.2f}×)"
+                for _, rec in df[df["speedup_flag"] == flag].iterrows()]
+        if rows:
+            notes.append(f"{FLAG_MARKS[flag][0]} {words[0].upper()}{words[1:]}; rerun with the machine idle: "
+                         + "; ".join(rows) + ".")
+    return notes
 
 
 def _render_markdown(table_name: str, df: pd.DataFrame, layout: list[_Col],
@@ -498,13 +507,16 @@ def render_table(
         if spread:
             for k in SPEEDUP_SPREAD_COLUMNS:
                 rec[f"{k}_ours"] = _to_float(ours_rec.get(k)) if ours_rec is not None else math.nan
-            rec["speedup_beyond_ideal"] = beyond_ideal(rec["speedup_lo_ours"], rec["speedup_ideal_ours"])
+            rec["speedup_flag"] = speedup_flag(rec["speedup_ours"] if "speedup_ours" in rec else math.nan,
+                                               rec["speedup_lo_ours"], rec["speedup_hi_ours"], rec["speedup_ideal_ours"])
+            rec["speedup_beyond_ideal"] = rec["speedup_flag"] == "beyond_ideal"
         for p in PROVENANCE_COLUMNS:
             value = ours_rec.get(p) if ours_rec is not None else None
             rec[p] = None if _is_missing(value) else str(value)
         records.append(rec)
 
-    spread_cols = [f"{k}_ours" for k in SPEEDUP_SPREAD_COLUMNS] + ["speedup_beyond_ideal"] if spread else []
+    spread_cols = [f"{k}_ours" for k in SPEEDUP_SPREAD_COLUMNS] + ["speedup_beyond_ideal", "speedup_flag"] \
+        if spread else []
     out_cols = ["method", "label", "paper_row", "in_ours"] + [c.key for c in layout] + spread_cols \
         + list(PROVENANCE_COLUMNS)
     df = pd.DataFrame.from_records(records, columns=out_cols)
@@ -516,8 +528,7 @@ def render_table(
 
     agreement = _agreement_note(df, layout, titles)
     notes = notes + [agreement] if agreement else notes
-    flagged = _beyond_ideal_note(df)
-    notes = notes + [flagged] if flagged else notes
+    notes = notes + _speedup_flag_notes(df)
     # render everything before writing anything, then write each file atomically
     csv_text = df.to_csv(index=False, lineterminator="\n")
     md_text = _render_markdown(table_name, df, layout, notes)
