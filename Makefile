@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 # threads and OMP_NUM_THREADS themselves).
 CORES ?= 2
 smoke: $(VENV)/.installed
-	OMP_NUM_THREADS=1 snakemake --configfile tests/smoke.yaml --replace-workflow-config --cores $(CORES) --resources gpu=$(CORES) smoke
+	OMP_NUM_THREADS=1 snakemake --configfile tests/smoke.yaml --replace-workflow-config --resources gpu=$(CORES) --cores $(CORES) smoke
 	@cat results/tables/table1.md results/tables/table2.md results/tables/table3.md
 
 test: $(VENV)/.installed
