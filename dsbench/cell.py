@@ -15,9 +15,6 @@ import torch
 from dsbench import conditions as conditions_mod
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# The model settings a sample's pixels depend on (with the seed, the step count and the method's settings).
-# Not batch_size (a sample's seed and condition do not depend on it), num_samples, reference or allow_partial.
-SAMPLING_KEYS = ("source", "weights", "steps", "scheduler", "guidance_scale", "guided_channels", "dataset")
 
 
 def check_device(device: str) -> None:
@@ -94,7 +91,9 @@ class Cell:
         from dsbench.provenance import weights_id
 
         m = self.model_cfg
-        ident = {"model": self.model, **{k: m.get(k) for k in SAMPLING_KEYS},
+        from dsbench.scope import SAMPLING  # the model settings a sample's pixels depend on (one list)
+
+        ident = {"model": self.model, **{k: m.get(k) for k in SAMPLING if k != "dtype"},
                  "dtype": m.get("dtype", self.config["dtype"]), "weights_id": weights_id(self),
                  "base_seed": self.config["seed"] if base_seed is None else base_seed,
                  "num_steps": self.num_steps, "method": self.method_cfg}

@@ -224,16 +224,5 @@ def load_arg(arg: str) -> dict[str, Any]:
     return load(arg)
 
 
-def restrict(config: dict[str, Any], model: str, variant: str | None = None) -> dict[str, Any]:
-    """A whole, valid config for one model (by hand: `dsbench <verb> --config "$(...)"`): every top-level
-    setting, that model and its variants; with `variant`, only that variant and `none`. The workflow's
-    rules pass narrower slices, one per rule kind, that are also their rerun triggers: dsbench/scope.py."""
-    m = config["models"][model]
-    if variant is not None:
-        m = {**m, "methods": list(dict.fromkeys(["none", variant]))}
-    return {**{k: v for k, v in config.items() if k not in ("models", "methods", "tables")},
-            "models": {model: m}, "methods": {v: config["methods"][v] for v in m["methods"]}, "tables": {}}
-
-
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]

@@ -24,7 +24,8 @@ import json
 from typing import Any
 
 SCOPE_KEY = "_scope"
-# The model settings a sample's pixels depend on (dsbench/cell.py SAMPLING_KEYS, with the model's dtype).
+# The model settings a sample's pixels depend on (also its recorded identity: dsbench/cell.py sample_identity).
+# Not batch_size (a sample's seed and condition do not depend on it), num_samples, reference or allow_partial.
 SAMPLING = ("source", "weights", "steps", "scheduler", "guidance_scale", "guided_channels", "dtype", "dataset")
 # Where the sampled model runs and what seeds and splits its samples: top-level keys every sampling job reads.
 RUN = ("seed", "shard_size", "device", "dtype")
