@@ -59,7 +59,7 @@ class Cell:
         from methods.registry import METHODS
 
         settings = {k: v for k, v in self.method_cfg.items() if k != "method"}
-        if getattr(METHODS.get(self.method_cfg["method"]), "trained", False) and not settings.get("schedule"):
+        if METHODS[self.method_cfg["method"]].trained and not settings.get("schedule"):
             from methods.diffsparse.method import schedule_path
 
             settings["schedule"] = str(schedule_path(self.model, self.method))  # made by rule train_schedule
@@ -81,7 +81,7 @@ class Cell:
     def check_ready(self) -> None:
         """Fail before any model is built if the method needs an artefact that is missing or stale
         (a DiffSparse schedule not trained yet, or trained for other settings)."""
-        if getattr(self.accelerator, "trained", False):
+        if self.accelerator.trained:
             self.accelerator.load_schedule()
 
     def sample_identity(self, base_seed: int | None = None) -> dict:
@@ -97,7 +97,7 @@ class Cell:
                  "dtype": m.get("dtype", self.config["dtype"]), "weights_id": weights_id(self),
                  "base_seed": self.config["seed"] if base_seed is None else base_seed,
                  "num_steps": self.num_steps, "method": self.method_cfg}
-        if getattr(self.accelerator, "trained", False):  # a retrained schedule makes other samples
+        if self.accelerator.trained:  # a retrained schedule makes other samples
             path = Path(self.accelerator.config.schedule)
             ident["schedule_sha256"] = sha256_file(path) if path.is_file() else None
         return ident
@@ -128,7 +128,7 @@ class Cell:
 
         controller = None
         if self.dynamic and self.adapter.denoiser(pipe).device.type != "meta":
-            controller = self.accelerator.controller(self.num_steps, len(self.adapter.blocks(pipe)))
+            controller = self.accelerator.controller(self.num_steps, self.adapter.layout(pipe).total_blocks)
         with Engine(self.adapter, pipe, self.plan(pipe), self.accelerator.ranking(), controller=controller,
                     **self.adapter.engine_cfg(self.model_cfg["guidance_scale"])) as engine:
             yield engine
@@ -136,7 +136,7 @@ class Cell:
     @property
     def dynamic(self) -> bool:
         """Decides at run time (per sample): MACs come from real runs, and sampling goes one image at a time."""
-        return getattr(self.accelerator, "dynamic", False)
+        return self.accelerator.dynamic
 
     def sample(self, pipe, engine, conditions, seeds):
         def one_call(c, s):

@@ -49,7 +49,7 @@ def _model_rows(config: dict, name: str, label: str) -> list[dict]:
         rows.append(_row("proxy weights", label, folder, ok,
                          "git checkout the committed folder, or `snakemake --cores 2 train_proxies`"))
     ref = m.get("reference", "heldout")
-    if ref not in (*GENERATED_REFERENCES, "imagenet_adm", "vbench"):
+    if ref not in (*GENERATED_REFERENCES, "imagenet_adm", "vbench", "none"):
         res = get_preset(name).resolution
         folder = res_dir / "reference" / f"{ref}_{res}"
         rows.append(_row("reference images", label, folder, folder.is_dir() and any(folder.iterdir()),

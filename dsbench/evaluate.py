@@ -50,8 +50,9 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     from metrics.fidelity import Fidelity
 
     config, res = cell.config, get_preset(cell.model).resolution
+    with_fid = cell.model_cfg.get("reference") != "none"   # Table 9: ImageReward and CLIP, no FID
     reference = Path(reference or Path(samples_root) / "reference" / f"{cell.model}.npz")
-    if not reference.is_file():
+    if with_fid and not reference.is_file():
         raise FileNotFoundError(f"reference statistics {reference} are missing; build them with "
                                 f"`dsbench reference --model {cell.model}` (or the workflow's reference rule)")
     check_samples(cell, samples_root)
@@ -62,7 +63,7 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     text = cell.adapter.family != "dit" and m["clip_network"] != "none"
     # Every network and reference is loaded (a missing file is an error) before any feature work.
     adm = _adm(cell, reference) if cell.model_cfg.get("reference") in ADM_REFERENCES else None
-    if adm is None:
+    if adm is None and with_fid:
         ref, fid_net = FeatureStats.load(reference), _fid_network(config)
         check_compatible(ref[3], res, fid_net)
         check_reference_identity(cell, reference, ref[3])
@@ -91,7 +92,7 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         out |= {k: r[k] for k in ("fid", "sfid", "inception_score", "precision", "recall", "n_samples", "n_ref_pr")}
         out |= {"fid_n_ref": adm_ref.n_stats if own else "adm-stats", "fid_network": r["network_id"],
                 "adm_reference": r["reference_id"]}
-    else:
+    elif with_fid:
         stats = FeatureStats()
         for f in image_features(iter_images(folder, n, shard), fid_net, dev, resolution=res):
             stats.update(f)

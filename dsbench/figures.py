@@ -24,38 +24,40 @@ VIEWS = ("paper", "steps")
 
 
 def heatmap_figure(schedule, kinds, title=None, view: str = "paper"):
-    """The Figure-3 heatmaps of `schedule` (a methods.diffsparse.schedule.Schedule) as a matplotlib Figure.
+    """The Figure-3 heatmaps of `schedule` (a methods.diffsparse.schedule.Schedule) as a matplotlib Figure:
+    one panel per (block group, sub-layer).
 
-    `kinds` is aligned with `schedule.sublayers`: "self_attn" | "cross_attn" | "mlp" each. `view` is
-    "paper" (x layers, y steps 1 … T−1, colour sparsity) or "steps" (x steps 0 … T−1, y blocks, colour
-    fraction recomputed); see the module docstring.
+    `kinds` is aligned with `schedule.sublayers`: "self_attn" | "cross_attn" | "mlp" each; for a schedule
+    of several block groups, a mapping group name -> its kinds. `view` is "paper" (x layers, y steps
+    1 … T−1, colour sparsity) or "steps" (x steps 0 … T−1, y blocks, colour fraction recomputed); see the
+    module docstring.
     """
     import torch
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    kinds = tuple(kinds)
     if view not in VIEWS:
         raise ValueError(f"unknown heatmap view {view!r}; expected one of {VIEWS}")
-    if len(kinds) != len(schedule.sublayers):
-        raise ValueError(f"kinds {kinds} has {len(kinds)} entries but schedule.sublayers "
-                         f"{tuple(schedule.sublayers)} has {len(schedule.sublayers)}")
-    unknown = [k for k in kinds if k not in KIND_TITLES]
-    if unknown:
-        raise ValueError(f"unknown sub-layer kind(s) {unknown}; expected one of {sorted(KIND_TITLES)}")
+    groups = schedule.group_units()
+    by_group = dict(kinds) if isinstance(kinds, dict) else {groups[0][0]: tuple(kinds)}
+    panels = []   # (title, units of one sub-layer (T−1, blocks))
+    for name, sublayers, units in groups:
+        group_kinds = tuple(by_group.get(name, ()))
+        if len(group_kinds) != len(sublayers):
+            raise ValueError(f"kinds {group_kinds} has {len(group_kinds)} entries but schedule.sublayers "
+                             f"{tuple(sublayers)} has {len(sublayers)}")
+        unknown = [k for k in group_kinds if k not in KIND_TITLES]
+        if unknown:
+            raise ValueError(f"unknown sub-layer kind(s) {unknown}; expected one of {sorted(KIND_TITLES)}")
+        prefix = f"{name}: " if len(groups) > 1 else ""
+        panels += [(f"{prefix}{KIND_TITLES[k]} ({sub})", units[:, :, j]) for j, (k, sub) in enumerate(zip(group_kinds, sublayers))]
 
-    T, B, L = schedule.steps, schedule.blocks, len(kinds)
-    sparsity = schedule.sparsity.to(torch.float64)                     # (T−1, B, L): steps 1 … T−1
+    T, L = schedule.steps, len(panels)
+    B = max(p[1].shape[1] for p in panels)
     if view == "paper":
-        data = sparsity.numpy()                                        # rows: steps 1 … T−1; columns: blocks
-        extent = (-0.5, B - 0.5, T - 0.5, 0.5)                         # step 1 at the top
         xlabel, ylabel, cbar = "layer (block index)", "sampling step", "sparsity (fraction of tokens reusing the cache)"
         figsize = (1.0 + max(2.6, 0.16 * B) * L, 1.2 + max(2.4, 0.17 * (T - 1)))
     else:
-        keep = torch.ones(T, B, L, dtype=torch.float64)
-        keep[1:] = 1.0 - sparsity
-        data = keep.numpy().transpose(1, 0, 2)                         # rows: blocks; columns: steps 0 … T−1
-        extent = (-0.5, T - 0.5, -0.5, B - 0.5)                        # block 0 at the bottom
         xlabel, ylabel, cbar = "sampling step", "block index (0 = bottom)", "fraction of tokens recomputed"
         figsize = (1.0 + 3.2 * L, 3.4)
     if title is None:
@@ -68,10 +70,18 @@ def heatmap_figure(schedule, kinds, title=None, view: str = "paper"):
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, L, squeeze=False, sharey=True)[0]
     im = None
-    for j, (ax, kind) in enumerate(zip(axes, kinds)):
-        im = ax.imshow(data[:, :, j], origin="upper" if view == "paper" else "lower", aspect="auto",
+    for ax, (name, units) in zip(axes, panels):
+        sparsity = units.to(torch.float64) * schedule.interval          # (T−1, blocks): steps 1 … T−1
+        blocks = sparsity.shape[1]
+        if view == "paper":
+            data, extent = sparsity.numpy(), (-0.5, blocks - 0.5, T - 0.5, 0.5)   # step 1 at the top
+        else:
+            keep = torch.ones(T, blocks, dtype=torch.float64)
+            keep[1:] = 1.0 - sparsity
+            data, extent = keep.numpy().T, (-0.5, T - 0.5, -0.5, blocks - 0.5)  # block 0 at the bottom
+        im = ax.imshow(data, origin="upper" if view == "paper" else "lower", aspect="auto",
                        cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest", extent=extent)
-        ax.set_title(f"{KIND_TITLES[kind]} ({schedule.sublayers[j]})")
+        ax.set_title(name)
         ax.set_xlabel(xlabel)
     axes[0].set_ylabel(ylabel)
     if view == "paper" and T - 1 <= 25:

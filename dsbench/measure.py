@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from dsbench.cell import Cell
+from methods.plan import SKIP_OUTPUT
 
 
 def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
@@ -42,17 +43,16 @@ def predict_macs(cell: Cell) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from methods.engine import Engine
-    from methods.plan import SKIP_OUTPUT, Plan
+    from methods.plan import GroupPlan, Plan
     from metrics.macs import module_costs, predict_c1
 
     pipe = cell.build_pipeline(meta=True)
     denoiser, layout = cell.adapter.denoiser(pipe), cell.adapter.layout(pipe)
     guidance = cell.model_cfg["guidance_scale"]
-    skip = torch.zeros(2, layout.blocks, dtype=torch.int8)
-    skip[1] = SKIP_OUTPUT
+    full = Plan.full(2, layout)
+    skipped = Plan(groups=[GroupPlan(g.ratios, g.sublayers, _skip_step_1(g.blocks), name=g.name) for g in full.groups])
     counts = []
-    for plan in (Plan.full(2, layout.blocks, layout.sublayers),
-                 Plan(torch.ones(2, layout.blocks, len(layout.sublayers)), layout.sublayers, skip=skip)):
+    for plan in (full, skipped):
         with Engine(cell.adapter, pipe, plan, **cell.adapter.engine_cfg(guidance)), \
                 FlopCounterMode(display=False) as counter:
             cell.adapter.sample(pipe, _dummy_conditions(cell, 1), [0], num_steps=2, guidance_scale=guidance)
@@ -62,9 +62,14 @@ def predict_macs(cell: Cell) -> float:
     per_compute = {k: a[k] - b.get(k, 0.0) for k in a}
     per_step = {k: (2 * b.get(k, 0.0) - a[k]) / 2 for k in a}
     names = {id(m): n for n, m in denoiser.named_modules()}
-    blocks = [names[id(blk)] for blk in cell.adapter.blocks(pipe)]
-    h, w = cell.adapter.token_grid()
-    return predict_c1(cell.plan(pipe), per_compute, per_step, blocks, h * w)
+    groups = [(g, [names[id(blk)] for blk in cell.adapter.group_blocks(pipe, g)]) for g in cell.adapter.groups]
+    return predict_c1(cell.plan(pipe), per_compute, per_step, groups, cell.adapter.stream_tokens())
+
+
+def _skip_step_1(blocks: int) -> torch.Tensor:
+    skip = torch.zeros(2, blocks, dtype=torch.int8)
+    skip[1] = SKIP_OUTPUT
+    return skip
 
 
 def _dummy_conditions(cell: Cell, n: int) -> list:

@@ -59,5 +59,6 @@ def render_heatmap(cell: Cell, out: str | Path, view: str = "paper") -> Path:
 
     method = trained_method(cell)
     schedule = method.load_schedule()
-    kinds = tuple(cell.adapter.sublayer_kinds[s] for s in schedule.sublayers)
+    groups = cell.adapter.groups
+    kinds = groups[0].kinds if len(groups) == 1 else {g.name: g.kinds for g in groups}
     return schedule_heatmap(schedule, kinds, out, view=view)

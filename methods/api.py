@@ -20,9 +20,9 @@ class Accelerated:
         self.pipe, self.adapter, self.method = pipe, adapter, method
         cfg = adapter.engine_cfg(guidance_scale if guidance_scale is not None else 2.0)
         controller = None
-        if getattr(method, "dynamic", False):
-            controller = method.controller(0, len(adapter.blocks(pipe)))
         layout = adapter.layout(pipe)
+        if method.dynamic:
+            controller = method.controller(0, layout.total_blocks)
         self.engine = Engine(adapter, pipe, None, method.ranking(), **cfg, controller=controller,
                              plan_for=lambda steps: method.plan(steps, layout))
         if controller is not None:  # retention depends on the run's length
@@ -51,22 +51,25 @@ def adapter_for_pipeline(pipe):
     from models.base import adapter_for
     from models.registry import ModelPreset
 
-    families = {"PixArtTransformer2DModel": "pixart", "DiTTransformer2DModel": "dit"}
+    families = {"PixArtTransformer2DModel": "pixart", "DiTTransformer2DModel": "dit",
+                "WanTransformer3DModel": "wan", "FluxTransformer2DModel": "flux"}
     cls = type(pipe.transformer).__name__
     if cls not in families:
         raise ValueError(f"unsupported denoiser {cls}; supported: {', '.join(families)}")
     tcfg, vcfg = dict(pipe.transformer.config), dict(pipe.vae.config)
-    scale = 2 ** (len(vcfg["block_out_channels"]) - 1)
-    preset = ModelPreset(name=f"user_{families[cls]}", family=families[cls],
-                         resolution=tcfg["sample_size"] * scale, transformer=tcfg, vae=vcfg)
-    return adapter_for(preset)
+    # The resolution is a placeholder: the engine reads each call's own token grid (grid_from_call).
+    preset = ModelPreset(name=f"user_{families[cls]}", family=families[cls], resolution=0, transformer=tcfg, vae=vcfg)
+    adapter = adapter_for(preset)
+    adapter.prepare(pipe)
+    return adapter
 
 
 def accelerate(pipe, method: str, guidance_scale: float | None = None, **settings) -> Accelerated:
     """Attach `method` (a registered name, with its settings) to `pipe`; returns a handle with detach().
 
-    `guidance_scale` tells whether the CFG branches are batched (> 1, the default assumption) so both
-    halves of a sample choose the same tokens."""
+    `guidance_scale` tells whether the pipeline runs CFG (> 1, the default assumption; PixArt and DiT
+    batch the two branches, so both halves of a sample choose the same tokens; Wan calls the denoiser
+    twice a step, and each call keeps its own caches). FLUX.1-schnell runs no CFG whatever it is."""
     m = make_method(method, **settings)
     if type(m).num_steps is not Method.num_steps:
         raise ValueError(f"{method!r} changes the number of sampling steps: pass num_inference_steps to the "

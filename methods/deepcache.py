@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Layout, Method, check_positive_int
+from methods.base import Layout, Method, per_group, check_positive_int
 from methods.plan import SKIP_RESIDUAL, Plan
 from methods.schedules import interval_steps
 
@@ -32,9 +32,17 @@ class DeepCache(Method):
             check_positive_int("deepcache", "shallow_blocks", self.shallow_blocks)
 
     def plan(self, num_steps: int, layout: Layout) -> Plan:
-        if self.config.shallow_blocks >= layout.blocks:
-            raise ValueError(f"deepcache.shallow_blocks must be < {layout.blocks} (the model's depth)")
-        skip = torch.full((num_steps, layout.blocks), SKIP_RESIDUAL, dtype=torch.int8)
-        skip[:, : self.config.shallow_blocks] = 0
-        skip[interval_steps(num_steps, self.config.interval)] = 0
-        return Plan(torch.ones(num_steps, layout.blocks, len(layout.sublayers)), layout.sublayers, skip=skip)
+        shallow = self.config.shallow_blocks
+        if shallow >= layout.total_blocks:
+            raise ValueError(f"deepcache.shallow_blocks must be < {layout.total_blocks} (the model's depth)")
+        return per_group(layout, lambda g, first: shallow_skip(num_steps, g, first, shallow,
+                                                               interval_steps(num_steps, self.config.interval)))
+
+
+def shallow_skip(num_steps: int, group, first: int, shallow: int, full: list[int]):
+    """(ratios, skip) of one group when the model's first `shallow` blocks always run and every other
+    block adds its cached residual except on the steps `full` (DeepCache; DiCache's meta pattern)."""
+    skip = torch.full((num_steps, group.blocks), SKIP_RESIDUAL, dtype=torch.int8)
+    skip[:, : max(0, shallow - first)] = 0
+    skip[full] = 0
+    return torch.ones(num_steps, group.blocks, len(group.sublayers)), skip

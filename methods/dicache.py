@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Layout, Method, check_at_least, check_positive_int, check_ratio
-from methods.plan import SKIP_RESIDUAL, Plan
+from methods.base import Layout, Method, per_group, check_at_least, check_positive_int, check_ratio
+from methods.deepcache import shallow_skip
+from methods.plan import Plan
 
 
 class DiCache(Method):
@@ -57,10 +58,8 @@ class DiCache(Method):
                 break
             if s not in full and s - 1 not in full:
                 full.add(s)
-        skip = torch.full((num_steps, layout.blocks), SKIP_RESIDUAL, dtype=torch.int8)
-        skip[:, : self.config.probe_depth] = 0
-        skip[sorted(full)] = 0
-        return Plan(torch.ones(num_steps, layout.blocks, len(layout.sublayers)), layout.sublayers, skip=skip)
+        return per_group(layout, lambda g, first: shallow_skip(num_steps, g, first, self.config.probe_depth,
+                                                               sorted(full)))
 
     def controller(self, num_steps: int, blocks: int) -> "DiCacheController":
         return DiCacheController(self.config, self.retained(num_steps), blocks)
@@ -87,7 +86,9 @@ class DiCacheController:
     def finish(self) -> None:
         self.runs.append(self.full_steps)
 
-    def run_block(self, step: int, block: int, forward, x: torch.Tensor, args, kwargs):
+    def run_block(self, step: int, block: int, run, x: torch.Tensor):
+        """Block `block` (counted over every group) at `step`: `x` its input, `run()` computes it. A block of
+        several token streams (FLUX) comes with its streams packed along the tokens, in and out."""
         last_probe = self.c.probe_depth - 1
         if block == 0:
             self.x_in, self.skipping = x, False
@@ -95,7 +96,7 @@ class DiCacheController:
             if block < self.blocks - 1:
                 return x  # the deep blocks are skipped; the last one adds the aligned residual
             return self.x_in + self._aligned_residual()
-        out = forward(*args, **kwargs)
+        out = run()
         if block == last_probe:
             self.probe_out = out
             if step not in self.retained and self.prev_probe is not None:

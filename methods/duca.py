@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Layout, Method
+from methods.base import Layout, Method, per_group
 from methods.plan import SKIP_OUTPUT, Plan
 from methods.rankings import Ranking
 from methods.schedules import clock, toca_period
@@ -41,14 +41,17 @@ class DuCa(Method):
     def plan(self, num_steps: int, layout: Layout) -> Plan:
         c = self.config
         types = duca_step_types(c.threshold, num_steps, c.constants, layout.clock)
-        ratios = torch.ones(num_steps, layout.blocks, len(layout.sublayers))
-        skip = torch.zeros(num_steps, layout.blocks, dtype=torch.int8)
-        for s, t in enumerate(types):
-            if t == "conservative":
-                ratios[s] = partial_ratios(c, s, num_steps, layout)
-            elif t == "aggressive":
-                skip[s] = SKIP_OUTPUT
-        return Plan(ratios, layout.sublayers, skip=skip)
+
+        def group_plan(g, first):
+            ratios = torch.ones(num_steps, g.blocks, len(g.sublayers))
+            skip = torch.zeros(num_steps, g.blocks, dtype=torch.int8)
+            for s, t in enumerate(types):
+                if t == "conservative":
+                    ratios[s] = partial_ratios(c, s, num_steps, g, layout.clock)
+                elif t == "aggressive":
+                    skip[s] = SKIP_OUTPUT
+            return ratios, skip
+        return per_group(layout, group_plan)
 
     def ranking(self) -> Ranking:
         return token_ranking(self.config)

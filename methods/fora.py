@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Layout, Method, check_positive_int
+from methods.base import Layout, Method, per_group, check_positive_int
 from methods.plan import Plan
 from methods.schedules import periodic_steps
 
@@ -24,6 +24,10 @@ class FORA(Method):
             check_positive_int("fora", "interval", self.interval)
 
     def plan(self, num_steps: int, layout: Layout) -> Plan:
-        ratios = torch.zeros(num_steps, layout.blocks, len(layout.sublayers))
-        ratios[periodic_steps(num_steps, self.config.interval, layout.clock)] = 1.0
-        return Plan(ratios, layout.sublayers)
+        full = periodic_steps(num_steps, self.config.interval, layout.clock)
+
+        def group_plan(g, first):
+            ratios = torch.zeros(num_steps, g.blocks, len(g.sublayers))
+            ratios[full] = 1.0
+            return ratios, None
+        return per_group(layout, group_plan)

@@ -54,7 +54,7 @@ class Ranking:
     cfg_choice: str = "shared"           # "shared": a sample's CFG rows choose one set; "per_row": each its own
     attention_kind: str = "cross_attn"   # set by the engine: cross_attn entropy if the model has one, else self_attn
     sample_keys: list | None = None      # set by the engine per call: one key per sample (its seed)
-    _stats: dict = field(default_factory=dict, repr=False)
+    _stats: dict = field(default_factory=dict, repr=False)   # (where, kind) -> (stat (B, N), segments)
 
     def __post_init__(self):
         if self.score not in SCORES:
@@ -75,20 +75,33 @@ class Ranking:
             raise ValueError(f"attention_terms {self.attention_terms!r} needs {' and '.join(self.attention_kinds)} "
                              f"sub-layers; this model has {', '.join(sorted(kinds))}")
 
+    # ---- state (the engine keeps one per CFG branch and snapshots it for training) -----------------
     def reset(self) -> None:
-        self._stats.clear()
+        self._stats = {}
+
+    def state(self) -> dict:
+        """The observed statistics, as an opaque value for load_state (a shallow copy)."""
+        return dict(self._stats)
+
+    def load_state(self, state: dict) -> None:
+        self._stats = dict(state)
 
     # ---- what the engine must capture ------------------------------------------------------------
     def wants(self, kind: str) -> tuple[bool, bool]:
-        """(capture q/k, capture v) for a sub-layer of this kind."""
+        """(capture q/k, capture v) on a computed sub-layer of this kind: `attention` needs the projected
+        queries and keys of the attention kinds it adds up, `vnorm` the values of self-attention; the
+        other scores need nothing captured."""
         if self.score == "attention":
             return kind in self.attention_kinds, False
         if self.score == "vnorm":
             return False, kind == "self_attn"
         return False, False
 
-    def observe(self, block: int, kind: str, q, k, v, mask, heads: int, idx: torch.Tensor | None) -> None:
-        """Record a statistic from a computed attention call (idx: the fresh tokens of a partial call)."""
+    def observe(self, where: tuple, kind: str, q, k, v, mask, heads: int, idx: torch.Tensor | None,
+                segments: dict[str, tuple[int, int]]) -> None:
+        """Record a statistic from a computed attention call at `where` (group, block). `idx`: the fresh
+        query tokens of a partial call. `segments`: stream -> (start, length) of each stream's tokens on
+        the statistic's token axis (FLUX's joint attention covers [text; image])."""
         if self.score == "attention" and q is not None:
             p = _probs(q, k, heads, mask)
             if kind == "cross_attn":  # s2: entropy of each image token's distribution over the text
@@ -97,24 +110,34 @@ class Ranking:
                 stat = _unit(p.sum(1))
             else:
                 return  # self-attention influence needs all queries: keep the last full step's
-            if idx is not None and (block, kind) in self._stats:
-                stat = self._stats[(block, kind)].scatter(1, idx, stat)  # refresh the recomputed rows
-            self._stats[(block, kind)] = stat
+            if idx is not None and (where, kind) in self._stats:
+                stat = self._stats[(where, kind)][0].scatter(1, idx, stat)  # refresh the recomputed rows
+            self._stats[(where, kind)] = (stat, segments)
         elif self.score == "vnorm" and v is not None and idx is None:
             B, N, D = v.shape
             norms = v.float().view(B, N, heads, D // heads).norm(dim=-1)
-            self._stats[(block, "vnorm")] = _unit((1 - norms).sum(-1))
+            self._stats[(where, "vnorm")] = (_unit((1 - norms).sum(-1)), segments)
+
+    def _stat(self, where: tuple, kind: str, stream: str) -> torch.Tensor | None:
+        found = self._stats.get((where, kind))
+        if found is None or stream not in found[1]:
+            return None
+        stat, segments = found
+        start, length = segments[stream]
+        return stat if (start, length) == (0, stat.shape[1]) else stat[:, start:start + length]
 
     # ---- scores --------------------------------------------------------------------------------------
-    def scores(self, *, block: int, sublayer: str, step: int, tokens: torch.Tensor,
-               last_input: torch.Tensor | None, staleness: torch.Tensor, grid: tuple[int, int],
-               cfg_halves: int = 1) -> torch.Tensor:
+    def scores(self, *, where: tuple, stream: str, step: int, tokens: torch.Tensor,
+               last_input: torch.Tensor | None, staleness: torch.Tensor, grid: tuple[int, int] | None,
+               cfg_halves: int = 1, key: str) -> torch.Tensor:
+        """Scores (B, N) of the tokens of `stream` at a partial sub-layer of `where` (group, block);
+        `key` names the item for random draws."""
         B, N, _ = tokens.shape
         if self.score == "attention":  # the sum of the observed unit-norm terms (s1 + s2 for `both`)
-            terms = [self._stats[(block, k)] for k in self.attention_kinds if (block, k) in self._stats]
+            terms = [t for k in self.attention_kinds if (t := self._stat(where, k, stream)) is not None]
             s = sum(terms[1:], terms[0]) if terms else None
         elif self.score == "vnorm":
-            s = self._stats.get((block, "vnorm"))
+            s = self._stat(where, "vnorm", stream)
         elif self.score == "similarity":  # tokens that moved most since they were computed
             s = -F.cosine_similarity(tokens.float(), last_input.float(), dim=-1) if last_input is not None else None
         elif self.score == "norm":
@@ -122,13 +145,18 @@ class Ranking:
         else:
             s = None
         if s is None:  # random (or nothing observed yet)
-            s = self._random(B, N, cfg_halves, f"{step}:{block}:{sublayer}").to(tokens.device)
+            s = self._random(B, N, cfg_halves, key).to(tokens.device)
         s = s.to(tokens.device).float()
         if self.staleness_weight:
             s = s + self.staleness_weight * staleness.float() / self.staleness_norm
-        if self.bonus and self.grid:
+        if self.bonus and self.grid and grid is not None:
             s = spatial_bonus(s, grid, self.grid, self.bonus)
         return s
+
+    @property
+    def keeps_inputs(self) -> bool:
+        """Whether the engine must keep each sub-layer's last inputs (the similarity score compares them)."""
+        return self.score == "similarity"
 
     def _random(self, B: int, N: int, cfg_halves: int, where: str) -> torch.Tensor:
         """Uniform scores (B, N): one draw per sample, keyed on (seed, sample key, step, block, sub-layer),
@@ -142,12 +170,25 @@ class Ranking:
         return torch.stack(rows).repeat(cfg_halves, 1)
 
 
+def check_grid(grid: tuple[int, int], cell: int) -> None:
+    """Refuse a spatial-bonus cell that does not tile the token grid (instead of skipping the bonus)."""
+    h, w = grid
+    if h % cell or w % cell:
+        raise ValueError(f"the spatial bonus's grid {cell} does not divide the {h}×{w} token grid: set the "
+                         f"method's `grid` to a divisor of both (or bonus 0)")
+
+
 def spatial_bonus(s: torch.Tensor, grid: tuple[int, int], cell: int, bonus: float) -> torch.Tensor:
-    """Add bonus·score to the best token of each cell×cell patch of the token grid (spreads choices)."""
+    """Add bonus·score to the best token of each cell×cell patch of the token grid (spreads choices).
+    The grid's tokens are the last rows·cols of the sequence: a joint [text; image] sequence keeps the
+    text's scores as they are (text tokens have no position on the grid)."""
     B, N = s.shape
     h, w = grid
-    if h * w != N or h % cell or w % cell:
-        return s
+    check_grid(grid, cell)
+    if N < h * w:
+        raise ValueError(f"{N} tokens cannot hold the {h}×{w} token grid")
+    if N > h * w:
+        return torch.cat([s[:, : N - h * w], spatial_bonus(s[:, N - h * w:], grid, cell, bonus)], dim=1)
     cells = s.view(B, h // cell, cell, w // cell, cell).permute(0, 1, 3, 2, 4).reshape(B, -1, cell * cell)
     best = cells.argmax(-1, keepdim=True)
     cells = cells.scatter_add(-1, best, bonus * cells.gather(-1, best))

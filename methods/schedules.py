@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 CLOCKS = ("up", "down")
+CONSTANTS = ("pixart", "dit", "flux")   # the official ToCa/DuCa codes' formulas, one set per code base
 
 
 def clock(step: int, num_steps: int, direction: str) -> int:
@@ -50,6 +51,8 @@ def toca_period(threshold: int, step: int, num_steps: int, constants: str, direc
     floats, then T = torch.round(N / factor) in float32 (half to even): at S = 12, c = 11 the factor is
     2/3 and N / factor is 4.4999998 in float32, so T = 4 (double precision would give 4.5000000001 → 5)."""
     c = clock(step, num_steps, direction)
+    if constants == "flux":  # the FLUX code's period does not move with the step
+        return threshold
     if constants == "pixart":
         weight = 0.2
         factor = 1 - weight + 2 * weight * c / num_steps
@@ -81,9 +84,13 @@ def toca_fresh_ratio(base: float, step: int, layer: int, layers: int, kind: str,
                      constants: str, direction: str) -> float:
     """ToCa's fresh ratio r(step, layer, module), clamped to [0, 1]. `pixart` ('ToCa'):
     R·(1.9 − 1.8 c/S)·(1.6 − 1.2 l/(L−1))·m, m = 0 / 0.6 / 1.6 for self-attn / cross-attn / MLP;
-    `dit` ('ToCa-ddim50'): R·(3 − 4 c/S)·(0.8 + 0.4 l/(L−1))·m, m = 0 / 0 / 2.5."""
+    `dit` ('ToCa-ddim50'): R·(3 − 4 c/S)·(0.8 + 0.4 l/(L−1))·m, m = 0 / 0 / 2.5;
+    `flux` (its FLUX code): R·(1.5 − l/27) on the MLP branches, l the layer within its stream (27 is
+    that code's constant, not FLUX's depth), attention 0; its stream factor is `group_factors`."""
     depth = layer / max(layers - 1, 1)
     c = clock(step, num_steps, direction)
+    if constants == "flux":
+        return min(1.0, max(0.0, base * (1.5 - layer / 27) * (1.0 if kind == "mlp" else 0.0)))
     if constants == "pixart":
         factor = (1.9 - 1.8 * c / num_steps) * (1.6 - 1.2 * depth)
         module = {"self_attn": 0.0, "cross_attn": 0.6, "mlp": 1.6}[kind]

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Layout, Method, check_positive_int
+from methods.base import Layout, Method, per_group, check_positive_int
 from methods.plan import Plan
 from methods.schedules import interval_steps
 
@@ -27,7 +27,11 @@ class TaylorSeer(Method):
 
     def plan(self, num_steps: int, layout: Layout) -> Plan:
         c = self.config
-        ratios = torch.zeros(num_steps, layout.blocks, len(layout.sublayers))
-        ratios[interval_steps(num_steps, c.interval, warmup=c.first_enhance)] = 1.0
-        return Plan(ratios, layout.sublayers, forecast_order=c.max_order,
-                    forecast_from_step=max(c.first_enhance - 1, 1))
+        full = interval_steps(num_steps, c.interval, warmup=c.first_enhance)
+
+        def group_plan(g, first):
+            ratios = torch.zeros(num_steps, g.blocks, len(g.sublayers))
+            ratios[full] = 1.0
+            return ratios, None
+        plan = per_group(layout, group_plan)
+        return Plan(groups=plan.groups, forecast_order=c.max_order, forecast_from_step=max(c.first_enhance - 1, 1))

@@ -5,14 +5,14 @@ r(step, layer, kind) of its tokens ranked by ToCa's score (cross-attention entro
 influence on a model without cross-attention, + staleness + spatial bonus) and reuses the rest;
 self-attention is reused whole. Written from the ToCa paper and our reading of its official code (GPL-3.0, read, not copied).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from methods.base import Layout, Method, check_at_least, check_positive_int, check_ratio
+from methods.base import Group, Layout, Method, check_at_least, check_positive_int, check_ratio, per_group
 from methods.plan import Plan
 from methods.rankings import ATTENTION_TERMS, CFG_CHOICES, SCORES, Ranking
-from methods.schedules import toca_fresh_ratio, toca_full_steps
+from methods.schedules import CONSTANTS, toca_fresh_ratio, toca_full_steps
 from methods.settings import invalid
 
 
@@ -20,8 +20,11 @@ from methods.settings import invalid
 class TokenCacheConfig:
     """fresh_ratio: R, the base fraction of tokens recomputed on partial steps (1 − the paper's cache ratio),
     in [0, 1]; threshold: N, the refresh period parameter (>= 1); constants: the official code's
-    refresh-period and fresh-ratio formulas, "pixart" (its 'ToCa' scheduler) or "dit" ('ToCa-ddim50'),
-    evaluated on the model sampler's own step clock (up for DPM-Solver, down for DDIM); score: token ranking,
+    refresh-period and fresh-ratio formulas, "pixart" (its 'ToCa' scheduler), "dit" ('ToCa-ddim50') or
+    "flux" (its FLUX code: a fixed period N and R·(1.5 − l/27) per layer, attention reused whole),
+    evaluated on the model sampler's own step clock (up for DPM-Solver, down for DDIM); group_factors:
+    a factor on the fresh ratio per block group, by group name (the FLUX code's stream factor: 0.4 for
+    the dual-stream blocks, 1.6 for the single-stream ones; a group not named gets 1); score: token ranking,
     one of attention, vnorm, similarity, norm, random; staleness_weight: λ3 (>= 0); bonus / grid: spatial
     bonus (>= 0; PixArt 0.4 / 4, DiT 0.6 / 2); attention_terms: the attention score's statistics, auto =
     ToCa's (cross-attention entropy s2 where the model has cross-attention, else self-attention influence
@@ -40,6 +43,7 @@ class TokenCacheConfig:
     attention_terms: str = "auto"
     cfg_choice: str = "shared"
     faithful_quirk: bool = False
+    group_factors: dict = field(default_factory=dict)
 
     def __post_init__(self):
         owner = type(self).__qualname__.split(".")[0].lower()   # ToCa / DuCa; the bare class: diffsparse's toca
@@ -49,8 +53,10 @@ class TokenCacheConfig:
         check_at_least(name, "staleness_weight", self.staleness_weight, 0)
         check_at_least(name, "bonus", self.bonus, 0)
         check_at_least(name, "grid", self.grid, 0, integer=True)
-        if self.constants not in ("pixart", "dit"):
-            raise invalid(name, "constants", f"must be 'pixart' or 'dit', got {self.constants!r}")
+        if self.constants not in CONSTANTS:
+            raise invalid(name, "constants", f"must be one of {CONSTANTS}, got {self.constants!r}")
+        for group, factor in self.group_factors.items():
+            check_at_least(name, f"group_factors.{group}", factor, 0)
         if self.cfg_choice not in CFG_CHOICES:
             raise invalid(name, "cfg_choice", f"must be one of {CFG_CHOICES}, got {self.cfg_choice!r}")
         if self.score not in SCORES:
@@ -60,10 +66,12 @@ class TokenCacheConfig:
                                                    f"got {self.attention_terms!r}")
 
 
-def partial_ratios(c: TokenCacheConfig, step: int, num_steps: int, layout: Layout) -> torch.Tensor:
-    """(blocks, sublayers) fresh ratios of a partial step."""
-    return torch.tensor([[toca_fresh_ratio(c.fresh_ratio, step, b, layout.blocks, kind, num_steps, c.constants,
-                                           layout.clock) for kind in layout.kinds] for b in range(layout.blocks)])
+def partial_ratios(c: TokenCacheConfig, step: int, num_steps: int, group: Group, clock: str) -> torch.Tensor:
+    """(blocks, sublayers) fresh ratios of a partial step in one block group."""
+    factor = c.group_factors.get(group.name, 1.0)
+    return torch.tensor([[min(1.0, factor * toca_fresh_ratio(c.fresh_ratio, step, b, group.blocks, kind, num_steps,
+                                                             c.constants, clock))
+                          for kind in group.kinds] for b in range(group.blocks)])
 
 
 def token_ranking(c: TokenCacheConfig) -> Ranking:
@@ -81,10 +89,13 @@ class ToCa(Method):
     def plan(self, num_steps: int, layout: Layout) -> Plan:
         c = self.config
         full = toca_full_steps(c.threshold, num_steps, c.constants, layout.clock, quirk=c.faithful_quirk)
-        ratios = torch.stack([partial_ratios(c, s, num_steps, layout) for s in range(num_steps)])
-        for s, which in full.items():
-            ratios[s, : (1 if which == "first" else layout.blocks)] = 1.0
-        return Plan(ratios, layout.sublayers)
+
+        def group_plan(g: Group, first: int):
+            ratios = torch.stack([partial_ratios(c, s, num_steps, g, layout.clock) for s in range(num_steps)])
+            for s, which in full.items():  # the quirk's "first": layer 0 of the model only
+                ratios[s, : (max(0, 1 - first) if which == "first" else g.blocks)] = 1.0
+            return ratios, None
+        return per_group(layout, group_plan)
 
     def ranking(self) -> Ranking:
         return token_ranking(self.config)

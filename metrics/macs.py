@@ -87,16 +87,17 @@ def module_costs(counts: dict, root: str, rows: int) -> dict[str, float]:
     return out
 
 
-def predict_c1(plan, per_compute: dict[str, float], per_step: dict[str, float], block_names: list[str],
-               tokens: int) -> float:
+def predict_c1(plan, per_compute: dict[str, float], per_step: dict[str, float], groups: list,
+               tokens: dict[str, int]) -> float:
     """`macs_c1` of a whole run predicted from a plan and per-module costs (per batch row).
 
-    `per_compute[m]`: what module m costs each time its block computes; `per_step[m]`: what it costs on
-    every step whatever the blocks do (embedders, caption projection, final layer — and DiT's final
-    layer re-using block 0's label embedder). A sub-layer computing k tokens costs a·k + b: a from the
-    layers that see the chosen tokens, b from the key/value projections (to_k, to_v), which always see
-    the full key sequence; a reused sub-layer costs nothing and a skipped block nothing at all.
-    A test holds this equal to the counted value for every static method.
+    `groups`: per block group, (its BlockGroup description, the module names of its blocks);
+    `tokens`: tokens per stream. `per_compute[m]`: what module m costs each time its block computes;
+    `per_step[m]`: what it costs on every step whatever the blocks do (embedders, caption projection,
+    final layer — and DiT's final layer re-using block 0's label embedder). A sub-layer computing k of
+    the N tokens of a stream costs a·k on that stream's layers, plus b from the layers that always see
+    every token (key/value projections) whenever it computes any; a reused sub-layer costs nothing and a
+    skipped block nothing at all. A test holds this equal to the counted value for every static method.
     """
     from methods.plan import COMPUTE
 
@@ -104,20 +105,29 @@ def predict_c1(plan, per_compute: dict[str, float], per_step: dict[str, float], 
         return {k: v for k, v in costs.items() if v and not any(o.startswith(k + ".") for o in costs)}
 
     per_compute, always = leaves(per_compute), sum(leaves(per_step).values())
-    in_blocks = {b: {k: v for k, v in per_compute.items() if k.startswith(b + ".")} for b in block_names}
     macs = 0.0
     for s in range(plan.steps):
         macs += always
-        for l, b in enumerate(block_names):
-            if plan.skip_mode(s, l) != COMPUTE:
-                continue
-            rest = dict(in_blocks[b])
-            for m, sub in enumerate(plan.sublayers):
-                mods = {k: rest.pop(k) for k in list(rest) if k.startswith(f"{b}.{sub}.")}
-                fixed = sum(v for k, v in mods.items() if k.rsplit(".", 1)[-1] in ("to_k", "to_v"))
-                per_token = (sum(mods.values()) - fixed) / tokens
-                r = float(plan.ratios[s, l, m])
-                k = tokens if r >= 1 else int(r * tokens)
-                macs += per_token * k + (fixed if k else 0.0)
-            macs += sum(rest.values())  # the block's own layers outside its sub-layers (DiT's adaLN)
+        for g, ((group, names), gplan) in enumerate(zip(groups, plan.groups)):
+            for l, b in enumerate(names):
+                if plan.skip_mode(s, l, g) != COMPUTE:
+                    continue
+                rest = {k: v for k, v in per_compute.items() if k.startswith(b + ".")}
+                for m, sub in enumerate(group.sublayers):
+                    streams = dict(sub.stream_modules)
+                    owned = [f"{b}.{o}" for o in (sub.owns or (sub.name,))]
+                    mods = {k: rest.pop(k) for k in list(rest) if any(k == o or k.startswith(o + ".") for o in owned)}
+                    r = float(gplan.ratios[s, l, m])
+                    counts = {st: tokens[st] if r >= 1 else int(r * tokens[st]) for st in sub.streams}
+                    cost = 0.0
+                    for k, v in mods.items():
+                        if k.rsplit(".", 1)[-1] in sub.full_modules:
+                            continue
+                        child = k[len(b) + 1:].split(".")
+                        st = streams.get(child[1] if len(child) > 1 and child[0] == sub.name else child[0], sub.streams[0])
+                        cost += v / tokens[st] * counts[st]
+                    if any(counts.values()):
+                        cost += sum(v for k, v in mods.items() if k.rsplit(".", 1)[-1] in sub.full_modules)
+                    macs += cost
+                macs += sum(rest.values())  # the block's own layers outside its sub-layers (DiT's adaLN)
     return macs

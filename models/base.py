@@ -9,7 +9,9 @@ Methods and metrics only talk to this contract, so a new family (FLUX's dual-str
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -21,7 +23,11 @@ SOURCES = ("real", "tiny", "proxy", "meta", "random")
 
 
 # Wan's own scheduler config (Wan2.1-T2V-1.3B-Diffusers/scheduler): UniPC on flow-matching sigmas, shift 3 (480p).
-_SCHEDULER_KWARGS = {"unipc_flow": dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)}
+# FLUX.1-schnell's (its repo's scheduler_config.json): flow-matching Euler, shift 1, no dynamic shifting.
+_SCHEDULER_KWARGS = {"unipc_flow": dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
+                     "flow_euler": dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False,
+                                        base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                        max_image_seq_len=4096)}
 # Settings a sampler must have whatever the weights' repo says, because the official code samples that way.
 # "ddim" is DiT's DDIM (guided-diffusion's respaced "ddim{S}", eta 0): timesteps 1000/S·(S−1) … 0 (leading
 # spacing, no offset), the last step to alpha_bar = 1, and no clipping of the predicted x0 (DiT samples with
@@ -31,10 +37,11 @@ SAMPLER_SETTINGS = {"ddim": dict(clip_sample=False, set_alpha_to_one=True, times
 
 
 def scheduler_class(name: str):
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                           UniPCMultistepScheduler)
 
     table = {"dpm_solver_pp": DPMSolverMultistepScheduler, "ddim": DDIMScheduler,
-             "unipc_flow": UniPCMultistepScheduler}
+             "unipc_flow": UniPCMultistepScheduler, "flow_euler": FlowMatchEulerDiscreteScheduler}
     if name not in table:
         raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(table)}")
     return table[name]
@@ -70,10 +77,17 @@ def host_timesteps(cls):
     On the meta device the pipelines would put timesteps on meta, and the scheduler's table lookups
     (alphas_cumprod[t]) need real values; the latents stay on meta either way.
     """
+    @functools.wraps(cls.set_timesteps)  # pipelines inspect its signature (FLUX: does it take `sigmas`)
     def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
         return cls.set_timesteps(self, num_inference_steps, device=None, **kwargs)
 
     return type(f"Host{cls.__name__}", (cls,), {"set_timesteps": set_timesteps})
+
+
+def timestep_to_meta(module, args, kwargs):
+    """A forward pre-hook for the meta device: the scheduler keeps its timesteps on the host
+    (host_timesteps), the pipeline hands them to the denoiser as they are; move them to meta."""
+    return args, {**kwargs, "timestep": kwargs["timestep"].to("meta")}
 
 
 @contextlib.contextmanager
@@ -84,12 +98,76 @@ def seeded(seed: int):
         yield
 
 
+KINDS = ("self_attn", "cross_attn", "mlp")
+
+
+@dataclass(frozen=True)
+class Sublayer:
+    """One hookable sub-layer of a block: a child module whose output is cached (pre-gate: the block
+    applies the current step's gate to whatever it returns).
+
+    `streams[i]` is the token stream (e.g. "image", "text", or "joint" for FLUX's concatenated
+    [text; image] sequence) whose tokens the call argument `args[i]` holds, and whose output the return
+    slot i holds (one stream: a tensor; several: a tuple). `aligned`: further arguments with one row per
+    token of the stream (FLUX's single-stream MLP branch takes the attention output of the same tokens),
+    gathered with it. `full_modules`: child layers that see every token even when queries are a subset
+    (the key/value projections); `stream_modules`: which child layers work on which stream, where there
+    are several (the rest work on streams[0]); `owns`: the block's child layers this sub-layer's work is
+    counted under, where they are not below its own module (FLUX's single-stream MLP branch runs the
+    block's proj_mlp and proj_out); MAC prediction reads these three."""
+    name: str
+    kind: str                                            # one of KINDS
+    streams: tuple[str, ...] = ("image",)
+    args: tuple[str, ...] = ("hidden_states",)
+    aligned: tuple[str, ...] = ()
+    full_modules: tuple[str, ...] = ("to_k", "to_v")
+    stream_modules: tuple[tuple[str, str], ...] = ()     # (child layer name, stream)
+    owns: tuple[str, ...] = ()                           # default: (name,)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"sub-layer {self.name!r}: unknown kind {self.kind!r}; one of {KINDS}")
+        if len(self.streams) != len(self.args):
+            raise ValueError(f"sub-layer {self.name!r}: {len(self.streams)} streams but {len(self.args)} args")
+        if len(self.streams) > 1 and self.kind == "mlp":
+            raise ValueError(f"sub-layer {self.name!r}: a token-wise sub-layer works on one stream")
+
+
+@dataclass(frozen=True)
+class BlockGroup:
+    """A list of blocks of one kind, as cache-dit's block adapters and diffusers' block metadata
+    describe them: the denoiser attribute holding them, their sub-layers, and the block call's I/O
+    pattern (`args[i]` carries stream `streams[i]`; return slot j carries `returns[j]`; one slot: a
+    tensor). The engine reads nothing else of a model's blocks."""
+    name: str
+    sublayers: tuple[Sublayer, ...]
+    streams: tuple[str, ...] = ("image",)
+    args: tuple[str, ...] = ("hidden_states",)
+    returns: tuple[str, ...] = ("image",)
+
+    def __post_init__(self):
+        if len(self.streams) != len(self.args) or set(self.returns) != set(self.streams):
+            raise ValueError(f"block group {self.name!r}: streams {self.streams}, args {self.args} and returns "
+                             f"{self.returns} do not describe the same streams")
+
+    @property
+    def sublayer_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sublayers)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(s.kind for s in self.sublayers)
+
+
+def one_group(name: str, *sublayers: tuple[str, str]) -> tuple[BlockGroup, ...]:
+    """The usual description: one group of image-stream blocks with (sub-layer name, kind) pairs."""
+    return (BlockGroup(name, tuple(Sublayer(n, k) for n, k in sublayers)),)
+
+
 class ModelAdapter:
     family: ClassVar[str]
-    # Hookable sub-layers of one block, in execution order (names of the block's child modules).
-    sublayers: ClassVar[tuple[str, ...]]
-    # What kind each sub-layer is: "self_attn", "cross_attn" or "mlp" (rankings and MAC tables use it).
-    sublayer_kinds: ClassVar[dict[str, str]]
+    # The model's block groups, in execution order (see BlockGroup).
+    groups: ClassVar[tuple[BlockGroup, ...]]
 
     def __init__(self, preset: ModelPreset):
         self.preset = preset
@@ -184,18 +262,50 @@ class ModelAdapter:
     def denoiser(self, pipe) -> torch.nn.Module:
         return pipe.transformer
 
-    def blocks(self, pipe) -> Sequence[torch.nn.Module]:
-        return list(pipe.transformer.transformer_blocks)
+    def group_blocks(self, pipe, group: BlockGroup) -> list[torch.nn.Module]:
+        return list(getattr(self.denoiser(pipe), group.name))
+
+    def blocks(self, pipe) -> list[torch.nn.Module]:
+        """Every block of every group, in execution order."""
+        return [b for g in self.groups for b in self.group_blocks(pipe, g)]
 
     def sublayer(self, block: torch.nn.Module, name: str) -> torch.nn.Module:
         return getattr(block, name)
 
     def layout(self, pipe):
-        """What a method may know of this model: depth, the kind of each sub-layer, its sampler's clock."""
-        from methods.base import Layout
+        """What a method may know of this model: its groups (depth, the kind of each sub-layer) and its
+        sampler's clock."""
+        from methods.base import Group, Layout
 
-        return Layout(len(self.blocks(pipe)), self.sublayers, tuple(self.sublayer_kinds[s] for s in self.sublayers),
-                      clock=step_clock(pipe.scheduler))
+        groups = [Group(g.name, len(self.group_blocks(pipe, g)), g.sublayer_names, g.kinds) for g in self.groups]
+        if len(groups) == 1:  # the one-group layout keeps the name its plans and schedules were made with
+            from methods.plan import SINGLE_GROUP
+
+            groups = [Group(SINGLE_GROUP, groups[0].blocks, groups[0].sublayers, groups[0].kinds)]
+        return Layout(groups=groups, clock=step_clock(pipe.scheduler))
+
+    def stream_tokens(self) -> dict[str, int]:
+        """Tokens per stream (MAC prediction): the image grid's, and for text-conditioned joint models
+        the text and joint streams'."""
+        h, w = self.token_grid()
+        return {"image": h * w}
+
+    def stream_grid(self, stream: str, grid: tuple[int, int] | None = None) -> tuple[int, int] | None:
+        """The (rows, cols) grid of a stream's image tokens, which are its last rows·cols tokens (a joint
+        stream puts the text first); None for a stream without one (text). ToCa's spatial bonus uses it.
+        `grid`: the image grid of the call at hand (library use), else the preset's."""
+        return (grid or self.token_grid()) if stream in ("image", "joint") else None
+
+    def grid_from_call(self, args: tuple, kwargs: dict) -> tuple[int, int]:
+        """The image token grid of a denoiser call, from its latents (B, C, H, W) and the patch size: a
+        pipeline used as a library may sample at any size."""
+        x = kwargs.get("hidden_states", args[0] if args else None)
+        p = self.preset.transformer["patch_size"]
+        return x.shape[-2] // p, x.shape[-1] // p
+
+    def prepare(self, pipe) -> None:
+        """Install what the engine needs on a pipeline built elsewhere (library use): the family's
+        attention processors and sub-layer boundaries. Pipelines this adapter builds already have them."""
 
     def cfg_halves(self, guidance_scale: float) -> int:
         """Rows per sample in a denoiser batch: PixArt and DiT batch the CFG branches together."""
@@ -214,10 +324,18 @@ class ModelAdapter:
         """The Engine arguments that describe how this model runs CFG."""
         return {"cfg_halves": self.cfg_halves(guidance_scale), "branches": self.denoiser_calls(guidance_scale)}
 
-    def subset_attention_kwargs(self, x: torch.Tensor, idx: torch.Tensor, named: dict) -> dict:
-        """Arguments that make self-attention called on the tokens `idx` of `x` take its keys and values
-        from every token (`named`: the sub-layer's own call arguments)."""
-        return {"encoder_hidden_states": x}
+    def subset_attention_kwargs(self, sub: Sublayer, named: dict, picks: dict) -> dict:
+        """The call arguments that make self-attention compute the query tokens `picks[stream] = idx`
+        (B, k) only, with keys and values from every token (`named`: the sub-layer's own arguments by
+        name). The usual case: queries from the chosen tokens, keys from the full sequence."""
+        (stream, idx), = picks.items()
+        x = named[sub.args[0]]
+        return {sub.args[0]: x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])), "encoder_hidden_states": x}
+
+    def attention_segments(self, sub: Sublayer, capture: dict) -> dict[str, tuple[int, int]]:
+        """stream -> (start, length) on the key axis of a processor-captured attention call (a family
+        whose processor captures q/k says where each stream's tokens are; FLUX: [text; image])."""
+        return {sub.streams[0]: (0, capture["k"].shape[2])}
 
     def token_grid(self) -> tuple[int, int]:
         side = self.preset.latent_size // self.preset.transformer["patch_size"]

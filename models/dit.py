@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from models.base import ModelAdapter
+from models.base import ModelAdapter, one_group
 
 
 class Adapter(ModelAdapter):
     family = "dit"
-    sublayers = ("attn1", "ff")
-    sublayer_kinds = {"attn1": "self_attn", "ff": "mlp"}
+    groups = one_group("transformer_blocks", ("attn1", "self_attn"), ("ff", "mlp"))
 
     def _assemble(self, scheduler, text: bool, folder=None):
         from diffusers import DiTPipeline, DiTTransformer2DModel

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from models.base import ModelAdapter
+from models.base import ModelAdapter, one_group
 from models.weights import MissingWeightsError
 
 
@@ -18,8 +18,7 @@ def tiny_text_encoder(t5_kwargs: dict):
 
 class Adapter(ModelAdapter):
     family = "pixart"
-    sublayers = ("attn1", "attn2", "ff")
-    sublayer_kinds = {"attn1": "self_attn", "attn2": "cross_attn", "ff": "mlp"}
+    groups = one_group("transformer_blocks", ("attn1", "self_attn"), ("attn2", "cross_attn"), ("ff", "mlp"))
 
     def _assemble(self, scheduler, text: bool, folder=None):
         from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel

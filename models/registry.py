@@ -43,6 +43,23 @@ TINY_WAN_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=
 PIXEL_VAE = dict(channels=3, block_out_channels=[1], scaling_factor=1.0)  # models.pixel_vae: latents are pixels
 PROXY_T5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
 TINY_T5 = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+FLUX_1_SCHNELL = dict(  # black-forest-labs/FLUX.1-schnell transformer/config.json (guidance-distilled: no guidance)
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=False,
+    axes_dims_rope=(16, 56, 56),
+)
+FLUX_VAE = dict(  # FLUX.1's VAE (vae/config.json): 16 latent channels, 8× space, no quant convs
+    in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+)
+TINY_FLUX_VAE = dict(TINY_VAE, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159,
+                     use_quant_conv=False, use_post_quant_conv=False)
+# A tiny CLIP text tower for FLUX's pooled caption (CLIPTextConfig kwargs; vocabulary and special ids are the
+# byte-level tokenizer's, set in models/flux.py). Its width is the transformer's pooled_projection_dim.
+TINY_CLIP = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=77)
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,9 @@ class ModelPreset:
     frames: int = 1                    # video frames (Wan); 1 for image models
     fps: int = 16                      # frame rate the videos are written at for VBench (Wan2.1's own: 16)
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Second caption encoder's kwargs (FLUX: the tiny CLIP whose pooled output conditions the model; FluxPipeline
+    # calls it `text_encoder` and the T5 of `text_encoder` above `text_encoder_2`).
+    text_encoder_2: dict[str, Any] | None = None
 
     @property
     def is_tiny(self) -> bool:
@@ -156,6 +176,20 @@ MODELS: dict[str, ModelPreset] = {
             name="tiny_dit", family="dit", resolution=32,
             transformer=dict(DIT_XL_2, num_attention_heads=2, attention_head_dim=16, num_layers=4, sample_size=16),
             vae=TINY_VAE, text_tokens=0, text_dim=0,
+        ),
+        # FLUX.1-schnell at the paper's 256×256 (Table 9): latent 32×32 packed in 2×2 patches -> 256 image tokens
+        # after 256 T5 tokens; 4 steps, no CFG.
+        ModelPreset(
+            name="flux1_schnell_256", family="flux", resolution=256, transformer=FLUX_1_SCHNELL, vae=FLUX_VAE,
+            hub_id="black-forest-labs/FLUX.1-schnell", text_tokens=256, text_dim=4096,
+        ),
+        ModelPreset(  # 32×32 -> latent 16×16 -> 8×8 = 64 image tokens after 16 text tokens
+            name="tiny_flux", family="flux", resolution=32,
+            transformer=dict(FLUX_1_SCHNELL, num_layers=2, num_single_layers=2, attention_head_dim=16,
+                             num_attention_heads=2, joint_attention_dim=TINY_T5["d_model"],
+                             pooled_projection_dim=TINY_CLIP["hidden_size"], axes_dims_rope=(4, 6, 6)),
+            vae=TINY_FLUX_VAE, text_encoder=TINY_T5, text_encoder_2=TINY_CLIP, text_tokens=16,
+            text_dim=TINY_T5["d_model"],
         ),
     ]
 }

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from models.base import ModelAdapter
+from models.base import ModelAdapter, one_group, timestep_to_meta
 from models.pixart import tiny_text_encoder
 from models.weights import MissingWeightsError
 
@@ -67,8 +67,7 @@ def install_subset_attention(transformer) -> None:
 
 class Adapter(ModelAdapter):
     family = "wan"
-    sublayers = ("attn1", "attn2", "ffn")
-    sublayer_kinds = {"attn1": "self_attn", "attn2": "cross_attn", "ffn": "mlp"}
+    groups = one_group("blocks", ("attn1", "self_attn"), ("attn2", "cross_attn"), ("ffn", "mlp"))
 
     def _assemble(self, scheduler, text: bool, folder=None):
         from diffusers import WanPipeline, WanTransformer3DModel
@@ -99,9 +98,6 @@ class Adapter(ModelAdapter):
         return pipe
 
     # ---- structure ------------------------------------------------------------------------------
-    def blocks(self, pipe):
-        return list(pipe.transformer.blocks)
-
     def cfg_halves(self, guidance_scale: float) -> int:
         return 1  # each denoiser call is one branch
 
@@ -122,11 +118,23 @@ class Adapter(ModelAdapter):
         height, width = self.preset.size
         return self.latent_frames() * (height // scale // ph), width // scale // pw
 
-    def subset_attention_kwargs(self, x, idx, named: dict) -> dict:
+    def prepare(self, pipe) -> None:
+        install_subset_attention(pipe.transformer)
+
+    def grid_from_call(self, args, kwargs):
+        """Latents (B, C, frames, H, W): frames stacked along the rows, as token_grid."""
+        x = kwargs.get("hidden_states", args[0] if args else None)
+        _, ph, pw = self.preset.transformer["patch_size"]
+        return x.shape[2] * (x.shape[3] // ph), x.shape[4] // pw
+
+    def subset_attention_kwargs(self, sub, named: dict, picks: dict) -> dict:
+        (_, idx), = picks.items()
+        x = named["hidden_states"]
         cos, sin = named["rotary_emb"]
         take = lambda t: t.expand(idx.shape[0], -1, -1, -1).gather(  # noqa: E731
             1, idx[:, :, None, None].expand(-1, -1, t.shape[2], t.shape[3]))
-        return {"encoder_hidden_states": x, "rotary_emb": SubsetRotary((take(cos), take(sin)), (cos, sin))}
+        return {"hidden_states": x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])),
+                "encoder_hidden_states": x, "rotary_emb": SubsetRotary((take(cos), take(sin)), (cos, sin))}
 
     # ---- sampling -------------------------------------------------------------------------------
     def _call(self, pipe, prompts, generators, num_steps, guidance_scale, grad=False):
@@ -140,7 +148,7 @@ class Adapter(ModelAdapter):
         meta = pipe.transformer.device.type == "meta"
         # On meta the scheduler keeps its timesteps on the host (models.base.host_timesteps); the pipeline
         # hands them to the denoiser as they are, so move them to the device it computes on.
-        hook = pipe.transformer.register_forward_pre_hook(_timestep_to_meta, with_kwargs=True) if meta else None
+        hook = pipe.transformer.register_forward_pre_hook(timestep_to_meta, with_kwargs=True) if meta else None
         try:
             return self._runner(pipe, grad)(
                 **kwargs, num_inference_steps=num_steps, guidance_scale=guidance_scale, generator=generators,
@@ -150,7 +158,3 @@ class Adapter(ModelAdapter):
         finally:
             if hook is not None:
                 hook.remove()
-
-
-def _timestep_to_meta(module, args, kwargs):
-    return args, {**kwargs, "timestep": kwargs["timestep"].to("meta")}

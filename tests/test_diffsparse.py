@@ -11,21 +11,23 @@ from dsbench import config as config_mod
 from dsbench.cell import Cell
 from dsbench.measure import count_macs, predict_macs
 from methods import make_method
+from methods.base import Layout
 from methods.diffsparse import dp
 from methods.diffsparse.relax import CostPredictor, straight_through
 from methods.diffsparse.schedule import Schedule, candidates
 from methods.diffsparse.train import Trainer, make_loss, token_mac_weights
 from methods.engine import Engine
-from tests.util import REPO, tiny_config, with_dit, with_wan
+from tests.util import REPO, tiny_config, with_dit, with_flux, with_wan
 
 CONDS = {"tiny_pixart": ["A cat on a mat.", "Two red buses.", "A bowl of fruit.", "A dog."],
          "tiny_dit": [1, 207, 999, 5],
-         "tiny_wan": ["a red cube turning", "a dog running", "waves on a beach", "a city at night"]}
+         "tiny_wan": ["a red cube turning", "a dog running", "waves on a beach", "a city at night"],
+         "tiny_flux": ["a red cube on a table", "a dog on grass", "a bowl of fruit", "a city at night"]}
 
 
-@pytest.fixture(scope="module", params=["tiny_pixart", "tiny_dit", "tiny_wan"])
+@pytest.fixture(scope="module", params=["tiny_pixart", "tiny_dit", "tiny_wan", "tiny_flux"])
 def model_pipe(request):
-    cell = Cell(with_wan(with_dit(tiny_config())), request.param, "none")
+    cell = Cell(with_flux(with_wan(with_dit(tiny_config()))), request.param, "none")
     return cell, cell.build_pipeline()
 
 
@@ -64,7 +66,7 @@ def test_schedule_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="corrupt schedule"):
         Schedule.load(tmp_path / "s.safetensors")
     with pytest.raises(ValueError, match=r"trained for T=5 steps .* this run has T=8"):
-        random_schedule().check_fits(8, 4, ("attn1", "attn2", "ff"))
+        random_schedule().check_fits(8, Layout(4, ("attn1", "attn2", "ff"), ("self_attn", "cross_attn", "mlp")))
     with pytest.raises(ValueError, match="units must lie in"):
         Schedule(torch.full((2, 1, 1), 5), 0.25, ("ff",))
     with pytest.raises(ValueError, match="must divide 1"):
@@ -109,12 +111,12 @@ def test_gated_forward_equals_inference_under_the_hard_plan(model_pipe):
     conds, seeds = CONDS[cell.model][:2], [3, 4]
     g = cell.model_cfg["guidance_scale"]
     with tr.engine:
-        tr.engine.relax(gates.detach(), tr.keep, checkpoint=False)
+        tr.relax(gates.detach(), checkpoint=False)
         tr.engine.reset()
         with torch.no_grad():
             gated = cell.adapter.sample_float(pipe, conds, seeds, num_steps=cell.num_steps, guidance_scale=g)
         tr.engine.relax(None)
-    plan = Schedule(units, 0.25, tr.layout.sublayers).plan()
+    plan = tr._schedule(units).plan()
     with Engine(cell.adapter, pipe, plan, tr.method.ranking(), **cell.adapter.engine_cfg(g)), torch.no_grad():
         hard = cell.adapter.sample_float(pipe, conds, seeds, num_steps=cell.num_steps, guidance_scale=g)
     with torch.no_grad():
@@ -160,9 +162,9 @@ def test_ste_gradient_has_the_sign_of_the_finite_difference(model_pipe):
     def loss_of(u, cost=None):
         with tr.engine:
             if cost is not None:
-                tr.engine.relax(straight_through(u.view(-1), cost, 1.0).view(*tr.predictor.shape, 5), tr.keep, False)
+                tr.relax(straight_through(u.view(-1), cost, 1.0).view(*tr.predictor.shape, 5), False)
             else:
-                tr.engine.relax(torch.nn.functional.one_hot(u, 5).float(), tr.keep, False)
+                tr.relax(torch.nn.functional.one_hot(u, 5).float(), False)
             tr.engine.reset()
             with torch.set_grad_enabled(cost is not None):
                 student = cell.adapter.sample_float(pipe, conds, seeds, num_steps=cell.num_steps,
@@ -252,11 +254,16 @@ def test_stage_one_forces_the_step_dp_full_steps():
 def test_mac_budget_weights_items_by_per_token_macs(model_pipe):
     cell, pipe = model_pipe
     w = token_mac_weights(cell.adapter, pipe)
-    assert w.shape[1] == len(cell.adapter.sublayers)
-    t = cell.adapter.preset.transformer
-    width = t["num_attention_heads"] * t["attention_head_dim"]
-    mlp = t.get("ffn_dim", 4 * width) // width                           # MLP 2·D·inner per token, attention 2D²
-    assert (w[:, -1] == mlp).all() and (w[:, :-1] == 1).all()
+    if cell.model == "tiny_flux":  # items of both groups in one row, in units of D² per token:
+        # dual: attention to_q + to_out + add_q_proj + to_add_out = 4, each MLP 8; single: to_q = 1,
+        # mlp_out = proj_mlp (4) + proj_out (5) = 9; key/value projections see every token whatever k is
+        assert w.tolist() == [[4, 8, 8, 4, 8, 8, 1, 9, 1, 9]]
+    else:
+        assert w.shape[1] == len(cell.adapter.groups[0].sublayers)
+        t = cell.adapter.preset.transformer
+        width = t["num_attention_heads"] * t["attention_head_dim"]
+        mlp = t.get("ffn_dim", 4 * width) // width                       # MLP 2·D·inner per token, attention 2D²
+        assert (w[:, -1] == mlp).all() and (w[:, :-1] == 1).all()
     m = make_method("diffsparse", ratio=0.5, budget="macs", train={"samples": 2, "batch_size": 2, "loss": "l2"})
     tr = Trainer(cell.adapter, pipe, m, conditions=CONDS[cell.model], num_steps=cell.num_steps,
                  guidance_scale=cell.model_cfg["guidance_scale"])
@@ -322,3 +329,48 @@ def test_train_schedule_cli_refuses_bad_targets_before_any_work(tmp_path, capsys
     assert main(["generate", "--config", arg, "--model", "tiny_pixart", "--method", "ds",
                  "--root", str(tmp_path)]) == 2
     assert "train it first" in capsys.readouterr().err
+
+
+# ---- several block groups (FLUX) ------------------------------------------------------------------
+def flux_schedule(seed=0, steps=4, dual=19, single=38) -> Schedule:
+    groups = [("transformer_blocks", dual, ("attn", "ff", "ff_context")), ("single_transformer_blocks", single,
+                                                                         ("attn", "mlp_out"))]
+    items = dual * 3 + single * 2
+    units = torch.randint(0, 5, (steps - 1, 1, items), generator=torch.Generator().manual_seed(seed))
+    return Schedule(units, 0.25, (), groups=groups, meta={"ratio": 0.6, "budget": "items"})
+
+
+def test_a_schedule_over_two_block_groups_round_trips_and_refuses_another_layout(tmp_path):
+    s = flux_schedule()
+    s.save(tmp_path / "f.safetensors")
+    back = Schedule.load(tmp_path / "f.safetensors")
+    assert torch.equal(back.units, s.units) and back.groups == s.groups
+    plan = back.plan()
+    assert [g.name for g in plan.groups] == ["transformer_blocks", "single_transformer_blocks"]
+    assert tuple(plan.groups[0].ratios.shape) == (4, 19, 3) and tuple(plan.groups[1].ratios.shape) == (4, 38, 2)
+    # item 19·3 of step 1 is the single-stream group's block 0, attn
+    assert plan.groups[1].ratios[1, 0, 0] == 1 - 0.25 * int(s.units[0, 0, 57])
+    with pytest.raises(ValueError, match=r"trained for T=4 steps × transformer_blocks: 19 blocks"):
+        back.check_fits(4, Layout(28, ("attn1", "attn2", "ff"), ("self_attn", "cross_attn", "mlp")))
+    from dsbench.figures import heatmap_figure
+
+    fig = heatmap_figure(back, {"transformer_blocks": ("self_attn", "mlp", "mlp"),
+                                "single_transformer_blocks": ("self_attn", "mlp")})
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["transformer_blocks: self-attention (attn)", "transformer_blocks: MLP (ff)",
+                      "transformer_blocks: MLP (ff_context)", "single_transformer_blocks: self-attention (attn)",
+                      "single_transformer_blocks: MLP (mlp_out)"]
+
+
+def test_flux_macs_of_a_schedule_with_partial_joint_attention_are_predicted_exactly(tmp_path):
+    """Full-size FLUX.1-schnell on the meta device: queries of a subset of both streams (keys and values of
+    every token) in the dual-stream blocks, of the joint sequence in the single-stream ones."""
+    cfg = config_mod.load(REPO / "config.yaml")
+    s = flux_schedule(seed=5)
+    s.save(tmp_path / "flux.safetensors")
+    cfg["methods"]["ds_random"] = {"method": "diffsparse", "ratio": 0.6, "schedule": str(tmp_path / "flux.safetensors")}
+    cfg["models"]["flux1_schnell_256"]["methods"].append("ds_random")
+    cell = Cell(cfg, "flux1_schnell_256", "ds_random")
+    counted = count_macs(cell, "meta")["macs_c1"]
+    assert predict_macs(cell) == pytest.approx(counted, rel=1e-9)
+    assert 0.3 < counted / count_macs(Cell(cfg, "flux1_schnell_256", "none"), "meta")["macs_c1"] < 0.9

@@ -50,7 +50,7 @@ def test_all_ones_plan_equals_plain_pipeline(cell_and_pipe):
 def test_reuse_plan_changes_output_and_never_leaks(cell_and_pipe):
     cell, pipe = cell_and_pipe
     conds, seeds = conds_for(cell)[:2], [5, 6]
-    steps, blocks, subs = cell.num_steps, len(cell.adapter.blocks(pipe)), cell.adapter.sublayers
+    steps, blocks, subs = cell.num_steps, len(cell.adapter.blocks(pipe)), cell.adapter.layout(pipe).sublayers
     ratios = torch.ones(steps, blocks, len(subs))
     ratios[1::2, :, subs.index("ff")] = 0.0  # reuse every MLP output on odd steps
     engine = Engine(cell.adapter, pipe, Plan(ratios, subs)).attach()
@@ -73,7 +73,7 @@ def test_reuse_plan_changes_output_and_never_leaks(cell_and_pipe):
 def test_reuse_returns_the_cached_pre_gate_output(cell_and_pipe):
     """The hook sits on the sub-layer (pre-gate), so the block multiplies the reused output by the current gate."""
     cell, pipe = cell_and_pipe
-    steps, blocks, subs = cell.num_steps, len(cell.adapter.blocks(pipe)), cell.adapter.sublayers
+    steps, blocks, subs = cell.num_steps, len(cell.adapter.blocks(pipe)), cell.adapter.layout(pipe).sublayers
     ratios = torch.ones(steps, blocks, len(subs))
     ratios[1, 0, subs.index("ff")] = 0.0
     ff = cell.adapter.blocks(pipe)[0].ff
@@ -100,7 +100,7 @@ def test_plan_shorter_than_the_run_is_an_error():
     cfg = tiny_config()
     cell = Cell(cfg, "tiny_pixart", "none")
     pipe = cell.build_pipeline()
-    plan = Plan.full(2, len(cell.adapter.blocks(pipe)), cell.adapter.sublayers)
+    plan = Plan.full(2, len(cell.adapter.blocks(pipe)), cell.adapter.layout(pipe).sublayers)
     with Engine(cell.adapter, pipe, plan) as engine:
         with pytest.raises(RuntimeError, match="plan has 2 steps"):
             cell.adapter.sample(pipe, ["x"], [0], num_steps=3, guidance_scale=4.5)

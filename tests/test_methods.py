@@ -13,7 +13,8 @@ from dsbench.measure import count_macs, predict_macs
 from methods import make_method
 from methods.base import Layout
 from methods.duca import duca_step_types
-from methods.engine import Engine, SublayerState
+from methods.engine import Engine
+from methods.forecast import SublayerState, reused, update_taylor
 from methods.plan import Plan
 from methods.rankings import Ranking, choose, spatial_bonus
 from methods.schedules import interval_steps, periodic_steps, toca_full_steps, toca_period
@@ -200,7 +201,7 @@ def test_random_scores_are_a_function_of_the_sample():
     """score: random draws one row per sample from its key (seed), repeated for its CFG rows: a sample's
     scores do not depend on the batch it lands in or on its position there."""
     r = Ranking(score="random")
-    kw = dict(block=1, sublayer="ff", step=3, last_input=None, grid=(2, 2))
+    kw = dict(where=(0, 1), stream="image", key="3:1:ff", step=3, last_input=None, grid=(2, 2))
 
     def scores(keys):
         r.sample_keys = keys
@@ -232,7 +233,7 @@ def test_staleness_ages_when_a_partial_sub_layer_computes_no_token(cfg, pipes):
     ratios[2:, :, layout.index("mlp")] = 0.5
     ranking, seen = Ranking(score="norm"), []
     real = ranking.scores
-    ranking.scores = lambda **kw: (seen.append((kw["step"], kw["block"], kw["staleness"].clone())), real(**kw))[1]
+    ranking.scores = lambda **kw: (seen.append((kw["step"], kw["where"][1], kw["staleness"].clone())), real(**kw))[1]
     with Engine(cell.adapter, pipe, Plan(ratios, layout.sublayers), ranking, cfg_halves=2):
         cell.adapter.sample(pipe, ["A cat on a mat."], [1], num_steps=4, guidance_scale=4.5)
     at2 = [st for step, b, st in seen if step == 2]
@@ -249,9 +250,9 @@ def test_toca_chooses_the_hand_computed_tokens():
     # Queries/keys with one head of width 1: token i attends with logits q_i * k_j.
     q = torch.tensor([[[0.0], [5.0], [0.0], [1.0]]]).repeat(2, 1, 1)
     k = torch.tensor([[[1.0], [-1.0]]]).repeat(2, 1, 1)
-    r.observe(0, "cross_attn", q, k, None, None, heads=1, idx=None)
+    r.observe((0, 0), "cross_attn", q, k, None, None, heads=1, idx=None, segments={"image": (0, 4)})
     # Tokens 0 and 2 attend uniformly (max entropy), token 1 almost one-hot, token 3 in between.
-    scores = r.scores(block=0, sublayer="ff", step=1, tokens=torch.zeros(2, 4, 8), last_input=None,
+    scores = r.scores(where=(0, 0), stream="image", key="1:0:ff", step=1, tokens=torch.zeros(2, 4, 8), last_input=None,
                       staleness=torch.tensor([[0, 0, 3, 0]] * 2), grid=(2, 2))
     idx = choose(scores, 2, cfg_halves=2)
     assert idx[0].tolist() == [2, 0] and torch.equal(idx[0], idx[1])  # stale token 2 first, then 0
@@ -268,8 +269,9 @@ def test_attention_terms_add_self_influence_and_cross_entropy():
         r.check_model({"self_attn", "cross_attn", "mlp"})
         for kind in ("self_attn", "cross_attn"):
             if r.wants(kind)[0]:
-                r.observe(0, kind, q, q if kind == "self_attn" else k_text, None, None, heads=1, idx=None)
-    kw = dict(block=0, sublayer="ff", step=1, tokens=torch.zeros(1, 4, 8), last_input=None,
+                r.observe((0, 0), kind, q, q if kind == "self_attn" else k_text, None, None, heads=1, idx=None,
+                          segments={"image": (0, 4)})
+    kw = dict(where=(0, 0), stream="image", key="1:0:ff", step=1, tokens=torch.zeros(1, 4, 8), last_input=None,
               staleness=torch.zeros(1, 4), grid=(2, 2))
     s = {t: r.scores(**kw) for t, r in rankings.items()}
     torch.testing.assert_close(s["both"], s["self"] + s["cross"])
@@ -295,15 +297,11 @@ def test_spatial_bonus_raises_each_cells_best_token():
 
 def test_taylorseer_forecast_of_a_quadratic():
     """f(s) = s² observed at full steps 0, 1, 3; forecast at step 4 with order 2 (divided differences)."""
-    plan = Plan(torch.ones(5, 1, 1), ("ff",), forecast_order=2, forecast_from_step=1)
-    eng = Engine.__new__(Engine)
-    eng.plan, state = plan, SublayerState()
+    state = SublayerState()
     for s in (0, 1, 3):
-        eng.step = s
-        eng._update_taylor(state, torch.tensor([float(s * s)]))
+        update_taylor(state, torch.tensor([float(s * s)]), s, order=2, from_step=1)
     # Δ1 = (9 - 1) / 2 = 4, Δ2 = (4 - 1) / 2 = 1.5; f̂(4) = 9 + 4·1 + 1.5·1²/2
-    eng.step = 4
-    assert eng._reuse(state).item() == pytest.approx(9 + 4 + 0.75)
+    assert reused(state, 4, order=2).item() == pytest.approx(9 + 4 + 0.75)
 
 
 def test_deepcache_adds_the_telescoped_deep_residual(cfg, pipes):

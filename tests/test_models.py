@@ -51,7 +51,7 @@ def test_doctor_lists_what_is_missing_and_how_to_get_it(empty_hf_cache):
 
 def test_structure_of_the_adapters():
     pixart, dit = get_adapter("pixart_alpha_256"), get_adapter("dit_xl_2_256")
-    assert pixart.sublayers == ("attn1", "attn2", "ff") and dit.sublayers == ("attn1", "ff")
+    assert pixart.groups[0].sublayer_names == ("attn1", "attn2", "ff") and dit.groups[0].sublayer_names == ("attn1", "ff")
     assert pixart.token_grid() == (16, 16) and get_adapter("pixart_alpha_512").token_grid() == (32, 32)
     pipe = pixart.build("meta", scheduler="dpm_solver_pp")
     assert len(pixart.blocks(pipe)) == 28

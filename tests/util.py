@@ -34,3 +34,11 @@ def with_wan(cfg: dict, **model_over) -> dict:
                                  "dataset": "vbench_tiny", "num_samples": 45, "reference": "vbench",
                                  "methods": ["none", "steps_50"], **model_over}
     return config_mod.validate(cfg)
+
+
+def with_flux(cfg: dict, **model_over) -> dict:
+    cfg = copy.deepcopy(cfg)
+    cfg["models"]["tiny_flux"] = {"source": "tiny", "steps": 4, "scheduler": "flow_euler", "guidance_scale": 0.0,
+                                  "dataset": "tiny_prompts", "num_samples": 4, "methods": ["none", "steps_50"],
+                                  **model_over}
+    return config_mod.validate(cfg)

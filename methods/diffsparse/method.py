@@ -84,7 +84,7 @@ class DiffSparse(Method):
 
     def plan(self, num_steps: int, layout: Layout) -> Plan:
         sched = self.load_schedule()
-        sched.check_fits(num_steps, layout.blocks, layout.sublayers, where=str(self.config.schedule))
+        sched.check_fits(num_steps, layout, where=str(self.config.schedule))
         return sched.plan()
 
     def ranking(self) -> Ranking:

@@ -1,23 +1,32 @@
 """A DiffSparse schedule: the sparsity chosen for every item, and its file format.
 
-Items are (step, block, sub-layer) for every step after the first (step 0 always computes in full:
-there is no cache yet). Candidate u ∈ {0 … S−1} means sparsity u·interval: that fraction of the item's
+Items are (step, group, block, sub-layer) for every step after the first (step 0 always computes in
+full: there is no cache yet); methods/diffsparse/items.py says how several block groups line up. Candidate u ∈ {0 … S−1} means sparsity u·interval: that fraction of the item's
 tokens reuses the cache, and keep(u) = 1 − u·interval of them is recomputed. The schedule depends on
 the number of steps T and the layout (blocks × sub-layers), never on the token count, so a schedule
 trained at 256 px runs at 512 px (Table 4); another T or layout is an error, not a silent resize.
 
-On disk: `<name>.safetensors` holds `units` (T−1, blocks, sub-layers) int64 and the learned `cost`
-(items, S) float32; `<name>.json` beside it holds the provenance (model, T, layout, interval, R,
+On disk: `<name>.safetensors` holds `units` (T−1, blocks, sub-layers) int64 — (T−1, 1, items per step)
+for a model of several groups, whose names and shapes the JSON's `groups` records — and the learned
+`cost` (items, S) float32; `<name>.json` beside it holds the provenance (model, T, layout, interval, R,
 budget, settings, loss curve). Both are written atomically.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from methods.plan import Plan
+from methods.diffsparse.items import item_shape, split
+from methods.plan import GroupPlan, Plan
+
+
+class ScheduleGroup(NamedTuple):
+    name: str
+    blocks: int
+    sublayers: tuple[str, ...]
 
 
 def candidates(interval: float) -> list[float]:
@@ -42,12 +51,16 @@ class Schedule:
     sublayers: tuple[str, ...]
     cost: torch.Tensor | None = None         # (items, S) the learned cost matrix, if trained
     meta: dict = field(default_factory=dict)
+    groups: tuple[ScheduleGroup, ...] | None = None   # several block groups (sublayers is then ())
 
     def __post_init__(self):
         S = len(candidates(self.interval))
         u = self.units
-        if u.dim() != 3 or u.shape[2] != len(self.sublayers):
-            raise ValueError(f"schedule units must be (steps-1, blocks, {len(self.sublayers)}); got {tuple(u.shape)}")
+        if self.groups is not None:
+            self.groups = tuple(ScheduleGroup(n, int(b), tuple(s)) for n, b, s in self.groups)
+        want = item_shape(self.groups) if self.groups else (None, len(self.sublayers))
+        if u.dim() != 3 or u.shape[2] != want[1] or (want[0] is not None and u.shape[1] != want[0]):
+            raise ValueError(f"schedule units must be (steps-1, {want[0] or 'blocks'}, {want[1]}); got {tuple(u.shape)}")
         if (u < 0).any() or (u >= S).any():
             raise ValueError(f"schedule units must lie in [0, {S - 1}] for interval {self.interval}")
 
@@ -67,16 +80,32 @@ class Schedule:
     def mean_sparsity(self) -> float:
         return float(self.sparsity.mean())
 
-    def plan(self) -> Plan:
-        ratios = torch.ones(self.steps, self.blocks, len(self.sublayers))
-        ratios[1:] = (1.0 - self.sparsity).float()
-        return Plan(ratios, self.sublayers)
+    def group_units(self) -> list[tuple[str, tuple[str, ...], torch.Tensor]]:
+        """(group name, its sub-layers, units (T−1, blocks, sub-layers)) per block group."""
+        if self.groups is None:
+            from methods.plan import SINGLE_GROUP
 
-    def check_fits(self, num_steps: int, blocks: int, sublayers: tuple[str, ...], where: str = "") -> None:
-        if (num_steps, blocks, tuple(sublayers)) != (self.steps, self.blocks, self.sublayers):
+            return [(SINGLE_GROUP, self.sublayers, self.units)]
+        return [(g.name, g.sublayers, u) for g, u in zip(self.groups, split(self.units, self.groups))]
+
+    def plan(self) -> Plan:
+        parts = []
+        for name, sublayers, units in self.group_units():
+            ratios = torch.ones(self.steps, units.shape[1], len(sublayers))
+            ratios[1:] = (1.0 - units.double() * self.interval).float()
+            parts.append(GroupPlan(ratios, sublayers, name=name))
+        return Plan(groups=parts)
+
+    def layout_shape(self) -> list:
+        return [(name, units.shape[1], tuple(subs)) for name, subs, units in self.group_units()]
+
+    def check_fits(self, num_steps: int, layout, where: str = "") -> None:
+        """Refuse a run of another T or layout (a schedule does not depend on the resolution)."""
+        theirs = [(g.name, g.blocks, tuple(g.sublayers)) for g in layout.groups]
+        if (num_steps, theirs) != (self.steps, self.layout_shape()):
             raise ValueError(
-                f"{where or 'schedule'} was trained for T={self.steps} steps × {self.blocks} blocks × "
-                f"{self.sublayers}; this run has T={num_steps} × {blocks} blocks × {tuple(sublayers)}. "
+                f"{where or 'schedule'} was trained for T={self.steps} steps × {_shape(self.layout_shape())}; "
+                f"this run has T={num_steps} × {_shape(theirs)}. "
                 "A schedule depends on T and the layout (not the resolution): train one for this setting")
 
     # ---- files ----------------------------------------------------------------------------------
@@ -91,9 +120,10 @@ class Schedule:
         tensors = {"units": self.units.to(torch.int64).contiguous()}
         if self.cost is not None:
             tensors["cost"] = self.cost.detach().float().contiguous()
+        groups = {"groups": [[g.name, g.blocks, list(g.sublayers)] for g in self.groups]} if self.groups else {}
         write_json(path.with_suffix(".json"), {**self.meta, "interval": self.interval, "steps": self.steps,
                                                "blocks": self.blocks, "sublayers": list(self.sublayers),
-                                               "mean_sparsity": self.mean_sparsity()})
+                                               **groups, "mean_sparsity": self.mean_sparsity()})
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))
 
@@ -117,5 +147,16 @@ class Schedule:
         meta = read_json(meta_path)
         if "units" not in tensors:
             raise ValueError(f"corrupt schedule file {path}: no 'units' tensor")
-        return cls(tensors["units"], float(meta["interval"]), tuple(meta["sublayers"]), tensors.get("cost"),
-                   {k: v for k, v in meta.items() if k not in ("interval", "sublayers", "steps", "blocks")})
+        try:
+            return cls(tensors["units"], float(meta["interval"]), tuple(meta["sublayers"]), tensors.get("cost"),
+                       {k: v for k, v in meta.items() if k not in ("interval", "sublayers", "steps", "blocks", "groups")},
+                       groups=meta.get("groups"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"schedule {path} does not match its provenance {meta_path.name}: {e}; "
+                             "delete both and train again") from e
+
+
+def _shape(groups: list) -> str:
+    if len(groups) == 1:
+        return f"{groups[0][1]} blocks × {tuple(groups[0][2])}"
+    return " + ".join(f"{name}: {blocks} blocks × {tuple(subs)}" for name, blocks, subs in groups)

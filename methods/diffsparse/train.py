@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from methods.base import Layout
 from methods.diffsparse import dp
+from methods.diffsparse.items import item_shape, join, split
 from methods.diffsparse.method import DiffSparse
 from methods.diffsparse.relax import CostPredictor
 from methods.diffsparse.schedule import Schedule, keep_fractions
@@ -38,24 +39,28 @@ def toca_units(method: DiffSparse, layout: Layout, num_steps: int) -> tuple[torc
     """ToCa's schedule on the candidate grid: (units of its partial steps (T−1, blocks, sub-layers),
     its full steps after step 0). Stage 1 starts from both; single-stage from the two merged."""
     c, S = method.toca, len(keep_fractions(method.config.interval))
-    ratios = torch.stack([partial_ratios(c, s, num_steps, layout) for s in range(1, num_steps)])
+    ratios = join([torch.stack([partial_ratios(c, s, num_steps, g, layout.clock) for s in range(1, num_steps)])
+                   for g in layout.groups])
     units = ((1 - ratios) / method.config.interval).round().long().clamp(0, S - 1)
     full = sorted(s for s in toca_full_steps(c.threshold, num_steps, c.constants, layout.clock) if s > 0)
     return units, full
 
 
 def token_mac_weights(adapter, pipe) -> np.ndarray:
-    """(blocks, sub-layers) small integer weights ∝ each sub-layer's per-token linear MACs (its Linear
-    layers other than to_k / to_v, which see the whole key sequence whatever the token count)."""
-    costs = []
-    for block in adapter.blocks(pipe):
-        row = []
-        for name in adapter.sublayers:
-            mods = adapter.sublayer(block, name).named_modules()
-            row.append(sum(m.in_features * m.out_features for n, m in mods
-                           if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] not in ("to_k", "to_v")))
-        costs.append(row)
-    c = np.array(costs, dtype=np.float64)
+    """Items-shaped (see items.py) small integer weights ∝ each sub-layer's per-token linear MACs (its
+    Linear layers other than those that see the whole key sequence whatever the token count)."""
+    parts = []
+    for group in adapter.groups:
+        costs = []
+        for block in adapter.group_blocks(pipe, group):
+            row = []
+            for sub in group.sublayers:
+                owned = [block.get_submodule(o) for o in sub.owns] if sub.owns else [adapter.sublayer(block, sub.name)]
+                row.append(sum(m.in_features * m.out_features for mod in owned for n, m in mod.named_modules()
+                               if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] not in sub.full_modules))
+            costs.append(row)
+        parts.append(torch.tensor(costs, dtype=torch.float64).unsqueeze(0))
+    c = join(parts)[0].numpy()
     return np.maximum(1, np.round(c / c.min())).astype(np.int64)
 
 
@@ -112,7 +117,7 @@ class Trainer:
         self.layout = adapter.layout(pipe)
         self.keep = keep_fractions(method.config.interval)
         S = len(self.keep)
-        self.predictor = CostPredictor(num_steps, self.layout.blocks, len(self.layout.sublayers), S, self.s.tau)
+        self.predictor = CostPredictor(num_steps, *item_shape(self.layout.groups), S, self.s.tau)
         self.weights = None
         if method.config.budget == "macs":
             w = token_mac_weights(adapter, pipe)
@@ -121,16 +126,20 @@ class Trainer:
         self.toca, self.toca_full = toca_units(method, self.layout, num_steps)
         self.full_count = len(self.toca_full) if self.s.full_steps is None else self.s.full_steps
         self.loss_fn = make_loss(self.s.loss, lpips_net)
-        self.engine = Engine(adapter, pipe, Plan.full(num_steps, self.layout.blocks, self.layout.sublayers),
+        self.engine = Engine(adapter, pipe, Plan.full(num_steps, self.layout),
                              method.ranking(), **adapter.engine_cfg(guidance_scale))
         self.meta = dict(meta or {})
         self.log: list[dict] = []
+
+    def relax(self, gates: torch.Tensor | None, checkpoint: bool = True) -> None:
+        """The engine in gated mode for items-shaped gates (T−1, *item_shape, S), or back with None."""
+        self.engine.relax(None if gates is None else split(gates, self.layout.groups), self.keep, checkpoint)
 
     # One identity for checkpoints: resuming under other settings would mix two runs.
     def fingerprint(self) -> dict:
         return {"settings": asdict(self.s), "ratio": self.method.config.ratio, "budget": self.method.config.budget,
                 "interval": self.method.config.interval, "toca": self.method.config.toca, "steps": self.T,
-                "layout": [self.layout.blocks, list(self.layout.sublayers)], "guidance": self.g,
+                "layout": _layout_id(self.layout), "guidance": self.g,
                 "model": self.meta.get("model")}
 
     def initialise(self) -> None:
@@ -177,7 +186,7 @@ class Trainer:
         with torch.no_grad():
             teacher = self.adapter.sample_float(self.pipe, conditions, seeds, num_steps=self.T, guidance_scale=self.g)
         gates, units, _ = self.predictor.gates(self.budget, self.weights, self.full_count if stage == 1 else None)
-        eng.relax(gates, self.keep, self.s.checkpoint)
+        self.relax(gates, self.s.checkpoint)
         eng.reset()
         eng.for_samples(seeds)
         try:
@@ -242,8 +251,14 @@ class Trainer:
         meta = {**self.meta, **self.fingerprint(), "method": "diffsparse", "items": self.predictor.items,
                 "candidates": len(self.keep), "budget_units": self.budget, "train_seconds": round(seconds, 1),
                 "loss_curve": self.log, "toca_full_steps": self.toca_full, **extra}
-        return Schedule(units.view(self.predictor.shape), self.method.config.interval, self.layout.sublayers,
-                        self.predictor.layer_cost.detach().clone() if learned else None, meta)
+        return self._schedule(units, self.predictor.layer_cost.detach().clone() if learned else None, meta)
+
+    def _schedule(self, units, cost=None, meta=None) -> Schedule:
+        groups = self.layout.groups
+        several = len(groups) > 1
+        return Schedule(torch.as_tensor(units).view(self.predictor.shape), self.method.config.interval,
+                        () if several else self.layout.sublayers, cost, meta or {},
+                        groups=[(g.name, g.blocks, g.sublayers) for g in groups] if several else None)
 
     # ---- the search baselines (A.5.4) ------------------------------------------------------------
     def fitness(self, conditions, seeds) -> Callable[[np.ndarray], float]:
@@ -254,8 +269,7 @@ class Trainer:
             teacher = self.adapter.sample_float(self.pipe, conditions, seeds, num_steps=self.T, guidance_scale=self.g)
 
         def f(units: np.ndarray) -> float:
-            plan = Schedule(torch.as_tensor(units).view(self.predictor.shape), self.method.config.interval,
-                            self.layout.sublayers).plan()
+            plan = self._schedule(units).plan()
             with Engine(self.adapter, self.pipe, plan, self.method.ranking(), **self.adapter.engine_cfg(self.g)) as eng, \
                     torch.no_grad():
                 eng.for_samples(seeds)
@@ -295,3 +309,10 @@ class Trainer:
         return self.schedule(r.seconds, torch.as_tensor(r.units), search={
             "algorithm": settings.algorithm, "evaluations": r.evaluations, "best_fitness": r.fitness,
             "samples": settings.samples, "population": settings.population, "mutation": settings.mutation})
+
+
+def _layout_id(layout: Layout) -> list:
+    """The layout in a checkpoint's fingerprint (one group: [blocks, sub-layers], as it always was)."""
+    if len(layout.groups) == 1:
+        return [layout.blocks, list(layout.sublayers)]
+    return [[g.name, g.blocks, list(g.sublayers)] for g in layout.groups]

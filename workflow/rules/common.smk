@@ -61,8 +61,9 @@ def shards(model, method, root="results/samples"):
 
 
 def reference_input(model):
-    """The FID/ADM reference an evaluation reads: none for video models (VBench needs no image reference)."""
-    return [] if config["models"][model].get("reference") == "vbench" else [f"results/reference/{model}.npz"]
+    """The FID/ADM reference an evaluation reads: none for video models (VBench needs no image reference) and
+    for models evaluated without FID (reference: none)."""
+    return [] if config["models"][model].get("reference") in ("vbench", "none") else [f"results/reference/{model}.npz"]
 
 
 def model_methods(model):
