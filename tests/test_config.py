@@ -31,7 +31,7 @@ def test_shipped_config_validates(name):
     assert "fidelity_samples" in cfg
     for model in cfg["models"].values():
         assert "none" in model["methods"]
-        assert model.get("reference") in ("coco2017_val", "imagenet_adm", "heldout", "vbench")
+        assert model.get("reference") in ("coco2017_val", "imagenet_adm", "heldout", "vbench", "none")
 
 
 def test_load_missing_file_names_the_path(tmp_path):

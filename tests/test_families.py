@@ -91,7 +91,10 @@ def test_macs_predicted_from_each_plan_equal_macs_counted(cfg, model):
 
 def test_no_method_module_branches_on_the_model_family():
     """Nothing model-specific enters a method: no `family` test and no model-family name in methods/."""
-    pattern = re.compile(r"\bfamily\b|\b(pixart|dit|wan|flux)\b\s*(==|!=|in\b)|isinstance\([^)]*(PixArt|DiT|Wan|Flux)")
+    pattern = re.compile(r"\.family\b|\bfamily\s*(==|!=|in\b)|\b(pixart|dit|wan|flux)\b['\"]?\s*(==|!=|in\b)|"
+                         r"isinstance\([^)]*(PixArt|DiT|Wan|Flux)")
+    assert all(pattern.search(bad) for bad in ('if adapter.family == "flux":', 'if family in ("wan",):',
+                                               "isinstance(pipe.transformer, FluxTransformer2DModel)"))
     hits = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in sorted((REPO / "methods").rglob("*.py"))
             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not hits, "\n".join(hits)

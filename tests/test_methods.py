@@ -293,6 +293,19 @@ def test_spatial_bonus_raises_each_cells_best_token():
     for i in (1, 6, 8, 15):  # the maxima of the four 2×2 cells (ties: the first)
         expect[0, i] *= 1.5
     torch.testing.assert_close(out, expect)
+    # A joint [text; image] sequence: the 3 text tokens keep their scores, the grid is the last 16 tokens.
+    text = torch.tensor([[0.7, 0.2, 0.9]])
+    torch.testing.assert_close(spatial_bonus(torch.cat([text, s], 1), (4, 4), 2, 0.5), torch.cat([text, expect], 1))
+    with pytest.raises(ValueError, match="the spatial bonus's grid 3 does not divide the 4×4 token grid"):
+        spatial_bonus(s, (4, 4), 3, 0.5)
+
+
+def test_a_spatial_bonus_that_cannot_tile_the_grid_is_refused_before_sampling(cfg, pipes):
+    cell = Cell(cfg, "tiny_pixart", "none")
+    pipe = pipes["tiny_pixart"]   # 8×8 image tokens
+    plan = make_method("toca", grid=3).plan(cell.num_steps, cell.adapter.layout(pipe))
+    with pytest.raises(ValueError, match="grid 3 does not divide the 8×8 token grid"):
+        Engine(cell.adapter, pipe, plan, Ranking(bonus=0.4, grid=3))
 
 
 def test_taylorseer_forecast_of_a_quadratic():
@@ -327,8 +340,8 @@ def test_method_settings_are_validated():
         make_method("toca", fresh_ratio=1.5)
     with pytest.raises(ValueError, match="fora.interval must be an integer"):
         make_method("fora", interval=0)
-    with pytest.raises(ValueError, match="duca.constants"):
-        make_method("duca", constants="flux")
+    with pytest.raises(ValueError, match="duca.constants must be one of"):
+        make_method("duca", constants="sd3")
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['schedule'\]"):
         make_method("toca", schedule="dit")
     lay = Layout(4, ("attn1", "ff"), ("self_attn", "mlp"))
@@ -352,7 +365,7 @@ def test_dicache_skip_decision_and_trajectory_alignment():
 
     def run(step, x):
         for b in range(3):
-            x = ctl.run_block(step, b, lambda t, b=b: t + adds[b], x, (x,), {})
+            x = ctl.run_block(step, b, lambda x=x, b=b: x + adds[b], x)
         return x
 
     assert run(0, torch.tensor([1.0])).item() == 7.0 and run(1, torch.tensor([2.0])).item() == 8.0

@@ -49,9 +49,9 @@ def test_subset_queries_of_rope_self_attention_equal_the_full_attention_at_those
     full = attn(x, None, None, rotary)
     idx = torch.stack([torch.randperm(N, generator=g)[:17] for _ in range(2)])
     named = {"hidden_states": x, "encoder_hidden_states": None, "attention_mask": None, "rotary_emb": rotary}
-    extra = adapter.subset_attention_kwargs(x, idx, named)
-    sub = attn(x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1])), extra["encoder_hidden_states"], None,
-               extra["rotary_emb"])
+    extra = adapter.subset_attention_kwargs(adapter.groups[0].sublayers[0], named, {"image": idx})
+    torch.testing.assert_close(extra["hidden_states"], x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1])))
+    sub = attn(extra["hidden_states"], extra["encoder_hidden_states"], None, extra["rotary_emb"])
     torch.testing.assert_close(sub, full.gather(1, idx[..., None].expand(-1, -1, full.shape[-1])),
                                rtol=1e-5, atol=1e-6)
 
