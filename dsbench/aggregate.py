@@ -89,6 +89,7 @@ def aggregate(model: str, methods: list[str], macs: list[Path], metrics: list[Pa
             "model": model, "method": method, "num_steps": mac["num_steps"],
             "macs_c1_T": mac["macs_c1"] / TERA, "macs_total_T": mac["macs_total"] / TERA,
             "macs_c1_G": mac["macs_c1"] / GIGA,  # the CPU proxies' scale
+            "macs_c1_M": mac["macs_c1"] / 1e6,   # the tiny random-weight models' scale
             "latency_s": t["median_s"], "latency_q25_s": t.get("q25_s", math.nan),
             "latency_q75_s": t.get("q75_s", math.nan), "latency_runs": t.get("runs", t.get("repeats")),
             "latency_threads": timing.get("threads"),

@@ -109,6 +109,7 @@ METRIC_FORMATS: dict[str, MetricFormat] = {
     "macs_c1_cfg_T": MetricFormat("MACs (CFG batch)", 3, " T", r"\,T"),   # macs_c1_T × CFG branches
     "macs_total_T": MetricFormat("MACs total", 3, " T", r"\,T"),
     "macs_c1_G": MetricFormat("MACs", 2, " G", r"\,G"),
+    "macs_c1_M": MetricFormat("MACs", 1, " M", r"\,M"),
     "speedup": MetricFormat("Speedup", 2, "×", r"$\times$"),
     "fid": MetricFormat("FID", 2),
     "sfid": MetricFormat("sFID", 2),

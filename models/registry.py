@@ -139,6 +139,11 @@ MODELS: dict[str, ModelPreset] = {
             ),
             vae=TINY_VAE, text_encoder=TINY_T5, text_tokens=120, text_dim=32,
         ),
+        ModelPreset(  # a CPU-sized DiT for speed benchmarks: 256 image tokens (latent 32×32, patch 2), width 512
+            name="mid_dit", family="dit", resolution=64,
+            transformer=dict(DIT_XL_2, num_attention_heads=8, attention_head_dim=64, num_layers=8, sample_size=32),
+            vae=TINY_VAE, text_tokens=0, text_dim=0,
+        ),
         # CPU proxies trained by this harness (models/proxy.py): pixel space 32×32, patch 2 -> 256 tokens.
         ModelPreset(
             name="proxy_dit", family="dit", resolution=32, proxy="proxy_dit", vae=PIXEL_VAE,
