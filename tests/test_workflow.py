@@ -132,7 +132,7 @@ def smoke_run(tmp_path_factory, snakemake):
 
 
 def test_smoke_tables_written(smoke_run):
-    assert set(TABLES.values()) == {"proxy_pixart", "proxy_dit", "tiny_wan"}
+    assert set(TABLES.values()) == {"proxy_pixart", "proxy_dit", "tiny_wan", "tiny_flux"}
     for table in PROXY_TABLES:
         prefix = smoke_run / "results" / "tables" / table
         for ext in ("md", "csv", "tex"):
@@ -227,7 +227,8 @@ def test_smoke_sample_grids(smoke_run):
     for model in TABLES.values():
         grid = Image.open(smoke_run / "results" / "grids" / f"{model}.png")
         preset = get_preset(model)
-        rows = len(_SMOKE["models"][model]["methods"]) + (preset.proxy is not None)  # + what was asked (proxies)
+        asked = _SMOKE["models"][model]["dataset"].startswith("shapes")  # + a row of what was asked (shapes data)
+        rows = len(_SMOKE["models"][model]["methods"]) + asked
         assert grid.size[1] == rows * (preset.resolution * 4 + 2)
 
 
@@ -278,7 +279,7 @@ def test_smoke_trains_a_diffsparse_schedule_and_the_table_uses_it(smoke_run, mod
     ratio = _SMOKE["methods"][variant]["ratio"]
     path = smoke_run / "results" / "schedules" / model / f"{variant}.safetensors"
     sched = Schedule.load(path)
-    assert sched.meta["model"] == model and sched.meta["ratio"] == ratio and sched.steps == 20
+    assert sched.meta["model"] == model and sched.meta["ratio"] == ratio and sched.steps == _SMOKE["models"][model]["steps"]
     assert int(sched.units.sum()) == budget_units(sched.meta["items"], 5, ratio)     # the exact budget
     assert [e["stage"] for e in sched.meta["loss_curve"] if "loss" in e] == [1, 1, 2, 2]
     assert (smoke_run / "results" / "figures" / model / f"{variant}_schedule.png").stat().st_size > 0
