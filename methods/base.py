@@ -77,10 +77,6 @@ class Layout:
     def total_blocks(self) -> int:
         return sum(g.blocks for g in self.groups)
 
-    @property
-    def all_kinds(self) -> set[str]:
-        return {k for g in self.groups for k in g.kinds}
-
 
 def per_group(layout: Layout, build) -> "Plan":
     """A plan from `build(group, first_block) -> (ratios, skip)` per group; `first_block` is the group's

@@ -19,7 +19,6 @@ class ArgMap:
         self.position = {p.name: i for i, p in enumerate(params)
                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)}
         self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
-        self.has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
 
     def get(self, args: tuple, kwargs: dict, name: str):
         if name in kwargs:

@@ -115,7 +115,8 @@ class Engine:
         self._grid = None   # the image grid of the current call where it is not the preset's (library use)
         if ranking is not None:
             ranking.check_model({k for g in self._groups for k in g.kinds})
-            self._check_grid()
+            if plan_for is None:  # library use: checked per call, on the call's own grid
+                self._check_grid()
         self._block_sites: list[list[_Block]] = []
         self._sub_sites: list[_Sub] = []
         one = len(self._groups) == 1
@@ -131,7 +132,6 @@ class Engine:
                             for stream in spec.streams]
                     self._sub_sites.append(_Sub(site, i, spec, adapter.sublayer(module, spec.name), keys))
             self._block_sites.append(sites)
-        self.total_blocks = flat
         self._timesteps = None
         self.step = -1
         self._calls, self.branch = 0, 0

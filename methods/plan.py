@@ -126,12 +126,6 @@ class Plan:
         done = torch.stack([g.full_step_mask() for g in self.groups]).all(0)
         return done.nonzero().flatten().tolist()
 
-    def group(self, name: str) -> GroupPlan:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise KeyError(f"no block group {name!r} in this plan; it has {', '.join(g.name for g in self.groups)}")
-
     def skip_mode(self, step: int, block: int, group: int = 0) -> int:
         skip = self.groups[group].skip
         return COMPUTE if skip is None else int(skip[step, block])

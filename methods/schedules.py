@@ -81,20 +81,21 @@ def toca_full_steps(threshold: int, num_steps: int, constants: str, direction: s
 
 
 def toca_fresh_ratio(base: float, step: int, layer: int, layers: int, kind: str, num_steps: int,
-                     constants: str, direction: str) -> float:
+                     constants: str, direction: str, group_factor: float = 1.0) -> float:
     """ToCa's fresh ratio r(step, layer, module), clamped to [0, 1]. `pixart` ('ToCa'):
     R·(1.9 − 1.8 c/S)·(1.6 − 1.2 l/(L−1))·m, m = 0 / 0.6 / 1.6 for self-attn / cross-attn / MLP;
     `dit` ('ToCa-ddim50'): R·(3 − 4 c/S)·(0.8 + 0.4 l/(L−1))·m, m = 0 / 0 / 2.5;
     `flux` (its FLUX code): R·(1.5 − l/27) on the MLP branches, l the layer within its stream (27 is
-    that code's constant, not FLUX's depth), attention 0; its stream factor is `group_factors`."""
+    that code's constant, not FLUX's depth), attention 0; its stream factor is `group_factor`, applied before
+    the clamp as that code does."""
     depth = layer / max(layers - 1, 1)
     c = clock(step, num_steps, direction)
     if constants == "flux":
-        return min(1.0, max(0.0, base * (1.5 - layer / 27) * (1.0 if kind == "mlp" else 0.0)))
+        return min(1.0, max(0.0, base * (1.5 - layer / 27) * (1.0 if kind == "mlp" else 0.0) * group_factor))
     if constants == "pixart":
         factor = (1.9 - 1.8 * c / num_steps) * (1.6 - 1.2 * depth)
         module = {"self_attn": 0.0, "cross_attn": 0.6, "mlp": 1.6}[kind]
     else:
         factor = (3 - 4 * c / num_steps) * (0.8 + 0.4 * depth)
         module = {"self_attn": 0.0, "cross_attn": 0.0, "mlp": 2.5}[kind]
-    return min(1.0, max(0.0, base * factor * module))
+    return min(1.0, max(0.0, base * factor * module * group_factor))

@@ -69,9 +69,8 @@ class TokenCacheConfig:
 def partial_ratios(c: TokenCacheConfig, step: int, num_steps: int, group: Group, clock: str) -> torch.Tensor:
     """(blocks, sublayers) fresh ratios of a partial step in one block group."""
     factor = c.group_factors.get(group.name, 1.0)
-    return torch.tensor([[min(1.0, factor * toca_fresh_ratio(c.fresh_ratio, step, b, group.blocks, kind, num_steps,
-                                                             c.constants, clock))
-                          for kind in group.kinds] for b in range(group.blocks)])
+    return torch.tensor([[toca_fresh_ratio(c.fresh_ratio, step, b, group.blocks, kind, num_steps, c.constants, clock,
+                                           factor) for kind in group.kinds] for b in range(group.blocks)])
 
 
 def token_ranking(c: TokenCacheConfig) -> Ranking:

@@ -40,11 +40,12 @@ class GatedTraining:
         xs = [site.args.get(args, kwargs, a) for a in site.spec.args]
         states = [eng.states[(site.g, site.b, site.i, s)] for s in range(site.n)]
         hard = int(gate.detach().argmax())
-        masks, idxs = [], []
+        masks, idxs, ks = [], [], []
         for s, (x, state) in enumerate(zip(xs, states)):
             N = x.shape[1]
             counts = [N if f >= 1 else int(f * N) for f in self.keep]
             k = counts[hard]                                                     # the hard choice's token count
+            ks.append(k)
             scores = eng.scores(site, s, x, state)
             pick = lambda c: choose(scores, c, eng.cfg_halves, eng.ranking.cfg_choice)  # noqa: E731
             stream_masks = []
@@ -55,13 +56,11 @@ class GatedTraining:
             idxs.append(pick(k) if 0 < k < N else None)
         run = lambda: forward(*args, **kwargs)  # noqa: E731
         # As inference: the ranking observes the tokens the hard choice computes (none when k = 0).
-        computes = any(int(self.keep[hard] * x.shape[1]) or self.keep[hard] >= 1 for x in xs)
         partial = [i for i in idxs if i is not None]
-        fresh = eng.observed(site, module, partial or None, args, kwargs, run) if computes else run()
+        fresh = eng.observed(site, module, partial or None, args, kwargs, run) if any(ks) else run()
         outs = []
-        for x, state, f, stream_masks, idx in zip(xs, states, as_tuple(fresh, site.n), masks, idxs):
+        for x, state, f, stream_masks, idx, k in zip(xs, states, as_tuple(fresh, site.n), masks, idxs, ks):
             N = x.shape[1]
-            k = N if self.keep[hard] >= 1 else int(self.keep[hard] * N)
             gamma = torch.einsum("s,sbn->bn", gate.to(x.dtype), torch.stack(stream_masks)).unsqueeze(-1)
             out = gamma * f + (1 - gamma) * state.output
             if k == N:

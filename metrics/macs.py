@@ -105,6 +105,7 @@ def predict_c1(plan, per_compute: dict[str, float], per_step: dict[str, float], 
         return {k: v for k, v in costs.items() if v and not any(o.startswith(k + ".") for o in costs)}
 
     per_compute, always = leaves(per_compute), sum(leaves(per_step).values())
+    in_blocks = {b: {k: v for k, v in per_compute.items() if k.startswith(b + ".")} for _, names in groups for b in names}
     macs = 0.0
     for s in range(plan.steps):
         macs += always
@@ -112,7 +113,7 @@ def predict_c1(plan, per_compute: dict[str, float], per_step: dict[str, float], 
             for l, b in enumerate(names):
                 if plan.skip_mode(s, l, g) != COMPUTE:
                     continue
-                rest = {k: v for k, v in per_compute.items() if k.startswith(b + ".")}
+                rest = dict(in_blocks[b])
                 for m, sub in enumerate(group.sublayers):
                     streams = dict(sub.stream_modules)
                     owned = [f"{b}.{o}" for o in (sub.owns or (sub.name,))]

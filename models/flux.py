@@ -25,8 +25,6 @@ from models.base import BlockGroup, ModelAdapter, Sublayer, timestep_to_meta
 from models.pixart import tiny_text_encoder
 from models.weights import MissingWeightsError, fetch_hint
 
-SCHEDULER_NAME = "flow_euler"   # FLUX.1-schnell's sampler, registered in models.base
-
 # The block groups (see models.base.BlockGroup). Both kinds of block take the image stream as
 # `hidden_states` and the text stream as `encoder_hidden_states` and return (text, image).
 # Dual-stream: joint attention over [text; image] with one output per stream, and an MLP per stream.

@@ -150,6 +150,17 @@ def test_macs_predicted_from_the_plan_equal_macs_counted(cfg, model, variant):
 
 # ---- hand-computed steps ---------------------------------------------------------------------------
 
+def test_toca_flux_ratio_applies_the_stream_factor_before_the_clamp():
+    """The official FLUX code: R·(1.5 − l/27)·stream factor, then clamped. R = 0.9, layer 0, dual stream
+    (0.4): 0.9·1.5·0.4 = 0.54 (clamping first would give 0.4); single stream (1.6): 2.16 -> 1; attention 0."""
+    from methods.schedules import toca_fresh_ratio
+
+    assert toca_fresh_ratio(0.9, 1, 0, 19, "mlp", 4, "flux", "up", 0.4) == pytest.approx(0.54)
+    assert toca_fresh_ratio(0.9, 1, 0, 38, "mlp", 4, "flux", "up", 1.6) == 1.0
+    assert toca_fresh_ratio(0.1, 1, 27, 38, "mlp", 4, "flux", "up", 1.6) == pytest.approx(0.1 * 0.5 * 1.6)
+    assert toca_fresh_ratio(0.9, 1, 0, 19, "self_attn", 4, "flux", "up", 0.4) == 0.0
+
+
 def test_schedules_match_the_spec():
     assert sorted(toca_full_steps(3, 20, "pixart", "up")) == [0, 4, 6, 9, 12, 15, 18]
     assert toca_full_steps(3, 20, "pixart", "up", quirk=True)[4] == "first"
