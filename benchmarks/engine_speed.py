@@ -37,6 +37,7 @@ SETTINGS = {  # family -> model entry fields; full-size models run with random w
     "pixart": dict(scheduler="dpm_solver_pp", guidance_scale=4.5, dataset="tiny_prompts"),
     "dit": dict(scheduler="ddim", guidance_scale=1.5, dataset="imagenet_classes"),
     "wan": dict(scheduler="unipc_flow", guidance_scale=5.0, dataset="tiny_prompts"),
+    "flux": dict(scheduler="flow_euler", guidance_scale=0.0, dataset="tiny_prompts"),
 }
 # The trained proxies run as `make smoke` runs them (tests/smoke.yaml): their own datasets and guidance.
 PROXY_SETTINGS = {
@@ -54,6 +55,10 @@ SCHEDULES = {
 def _token_variants(family: str, tiny: bool) -> dict:
     """toca / duca / diffsparse settings for a model family (smoke.yaml's variants)."""
     smoke = yaml.safe_load((REPO / "tests" / "smoke.yaml").read_text())["methods"]
+    if family == "flux":  # the official FLUX ToCa code's constants (DuCa's FLUX rule is not ported: ToCa's)
+        return {"toca": dict(smoke["toca_flux"]), "duca": {**smoke["toca_flux"], "method": "duca"},
+                "diffsparse": {"method": "diffsparse", "ratio": 0.6, "interval": 0.25,
+                               "toca": dict(smoke["diffsparse_flux"]["toca"])}}
     if family == "dit":  # the official DiT code's constants and per-row CFG choice
         toca, duca = smoke["toca_dit"], smoke["duca_dit"]
         ds_toca = {k: v for k, v in smoke["diffsparse_dit_r43"]["toca"].items()}

@@ -47,14 +47,24 @@ class ArgMap:
         return tuple(args), kwargs
 
 
+# Whole token rows move through index_select / index_copy on the (B·N, ...) view rather than gather /
+# scatter with an index expanded to every element: the same values, about 4-10× faster on a CPU.
+def _rows(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Row numbers (B·k,) of the tokens idx (B, k) in the (B·n, ...) view of a (B, n, ...) tensor."""
+    return (idx + torch.arange(0, idx.shape[0] * n, n, device=idx.device).unsqueeze(1)).flatten()
+
+
 def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows idx (B, k) of x (B, N, D)."""
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """Rows idx (B, k) of x (B, N, ...)."""
+    B, N, *rest = x.shape
+    return x.reshape(B * N, *rest).index_select(0, _rows(idx, N)).view(B, idx.shape[1], *rest)
 
 
 def scatter(into: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """A copy of `into` (B, N, D) with rows idx (B, k) replaced by `values` (B, k, D)."""
-    return into.scatter(1, idx.unsqueeze(-1).expand(-1, -1, into.shape[-1]), values.to(into.dtype))
+    """A copy of `into` (B, N, ...) with rows idx (B, k) replaced by `values` (B, k, ...)."""
+    B, N, *rest = into.shape
+    flat = into.reshape(B * N, *rest).index_copy(0, _rows(idx, N), values.reshape(-1, *rest).to(into.dtype))
+    return flat.view(into.shape)
 
 
 def as_tuple(out, n: int) -> tuple:

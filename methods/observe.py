@@ -12,7 +12,7 @@ from methods.calls import gather
 
 
 def run_observed(ranking, adapter, site, module, idxs, args, kwargs, run):
-    want_qk, want_v = ranking.wants(site.kind)
+    want_qk, want_v = ranking.wants(site.kind, partial=idxs is not None)
     if not (want_qk or want_v):
         return run()
     processor = getattr(module, "processor", None)

@@ -36,10 +36,14 @@ def _probs(q: torch.Tensor, k: torch.Tensor, heads: int, mask: torch.Tensor | No
     d = D // heads
     qh = q.view(B, Nq, heads, d).transpose(1, 2).float()
     kh = k.view(B, -1, heads, d).transpose(1, 2).float()
-    logits = qh @ kh.transpose(-1, -2) * d ** -0.5
+    # In place: the same operations in the same order as ((qh @ khᵀ) · d^-½ + mask).softmax(-1), so the same
+    # values bit for bit, without three more (B, heads, Nq, Nk) tensors: on a CPU each large allocation is
+    # fresh page-faulted memory, and that, more than the arithmetic, was this function's cost.
+    logits = qh @ kh.transpose(-1, -2)
+    logits.mul_(d ** -0.5)
     if mask is not None:  # an additive bias such as PixArt's (B, 1, L) text padding mask
-        logits = logits + mask.float().view(B, 1, -1, mask.shape[-1])
-    return logits.softmax(-1).mean(1)
+        logits.add_(mask.float().view(B, 1, -1, mask.shape[-1]))
+    return torch.softmax(logits, -1, out=logits).mean(1)
 
 
 @dataclass
@@ -87,14 +91,15 @@ class Ranking:
         self._stats = dict(state)
 
     # ---- what the engine must capture ------------------------------------------------------------
-    def wants(self, kind: str) -> tuple[bool, bool]:
+    def wants(self, kind: str, partial: bool = False) -> tuple[bool, bool]:
         """(capture q/k, capture v) on a computed sub-layer of this kind: `attention` needs the projected
         queries and keys of the attention kinds it adds up, `vnorm` the values of self-attention; the
-        other scores need nothing captured."""
+        other scores need nothing captured. `partial`: a call on chosen tokens, from which only the
+        cross-attention entropy is refreshed (self-attention influence and value norms need every token)."""
         if self.score == "attention":
-            return kind in self.attention_kinds, False
+            return kind in self.attention_kinds and not (partial and kind != "cross_attn"), False
         if self.score == "vnorm":
-            return False, kind == "self_attn"
+            return False, kind == "self_attn" and not partial
         return False, False
 
     def observe(self, where: tuple, kind: str, q, k, v, mask, heads: int, idx: torch.Tensor | None,
@@ -105,7 +110,8 @@ class Ranking:
         if self.score == "attention" and q is not None:
             p = _probs(q, k, heads, mask)
             if kind == "cross_attn":  # s2: entropy of each image token's distribution over the text
-                stat = _unit(1 + (-(p * (p + 1e-7).log()).sum(-1)))
+                h = p + 1e-7            # then in place: bit for bit -(p * (p + 1e-7).log()).sum(-1)
+                stat = _unit(1 + (-h.log_().mul_(p).sum(-1)))
             elif idx is None:         # s1: how much attention each token receives, over all queries
                 stat = _unit(p.sum(1))
             else:
@@ -189,10 +195,11 @@ def spatial_bonus(s: torch.Tensor, grid: tuple[int, int], cell: int, bonus: floa
         raise ValueError(f"{N} tokens cannot hold the {h}×{w} token grid")
     if N > h * w:
         return torch.cat([s[:, : N - h * w], spatial_bonus(s[:, N - h * w:], grid, cell, bonus)], dim=1)
-    cells = s.view(B, h // cell, cell, w // cell, cell).permute(0, 1, 3, 2, 4).reshape(B, -1, cell * cell)
-    best = cells.argmax(-1, keepdim=True)
-    cells = cells.scatter_add(-1, best, bonus * cells.gather(-1, best))
-    return cells.view(B, h // cell, w // cell, cell, cell).permute(0, 1, 3, 2, 4).reshape(B, N)
+    # max_pool2d's indices: the first maximum of each window in row-major order (what argmax over the cell's
+    # flattened tokens gives), as flat positions in the grid; s[best] + bonus·s[best] is then added in place
+    # of a permute / argmax / scatter / permute-back round trip.
+    best, where = F.max_pool2d(s.view(B, 1, h, w), cell, return_indices=True)
+    return s.scatter_add(1, where.view(B, -1), bonus * best.view(B, -1))
 
 
 def choose(scores: torch.Tensor, k: int, cfg_halves: int, cfg_choice: str = "shared") -> torch.Tensor:

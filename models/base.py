@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
+from methods.calls import gather
 from models import weights as weights_mod
 from models.registry import ModelPreset
 
@@ -330,7 +331,7 @@ class ModelAdapter:
         name). The usual case: queries from the chosen tokens, keys from the full sequence."""
         (stream, idx), = picks.items()
         x = named[sub.args[0]]
-        return {sub.args[0]: x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])), "encoder_hidden_states": x}
+        return {sub.args[0]: gather(x, idx), "encoder_hidden_states": x}
 
     def attention_segments(self, sub: Sublayer, capture: dict) -> dict[str, tuple[int, int]]:
         """stream -> (start, length) on the key axis of a processor-captured attention call (a family

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 
+from methods.calls import gather
 from models.base import BlockGroup, ModelAdapter, Sublayer, timestep_to_meta
 from models.pixart import tiny_text_encoder
 from models.weights import MissingWeightsError, fetch_hint
@@ -106,7 +107,7 @@ class QuerySubset(NamedTuple):
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    return x if idx is None else x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+    return x if idx is None else gather(x, idx)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

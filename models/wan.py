@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 
+from methods.calls import gather
 from models.base import ModelAdapter, one_group, timestep_to_meta
 from models.pixart import tiny_text_encoder
 from models.weights import MissingWeightsError
@@ -131,9 +132,8 @@ class Adapter(ModelAdapter):
         (_, idx), = picks.items()
         x = named["hidden_states"]
         cos, sin = named["rotary_emb"]
-        take = lambda t: t.expand(idx.shape[0], -1, -1, -1).gather(  # noqa: E731
-            1, idx[:, :, None, None].expand(-1, -1, t.shape[2], t.shape[3]))
-        return {"hidden_states": x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])),
+        take = lambda t: gather(t.expand(idx.shape[0], -1, -1, -1), idx)  # noqa: E731
+        return {"hidden_states": gather(x, idx),
                 "encoder_hidden_states": x, "rotary_emb": SubsetRotary((take(cos), take(sin)), (cos, sin))}
 
     # ---- sampling -------------------------------------------------------------------------------

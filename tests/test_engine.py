@@ -122,3 +122,61 @@ def test_steps_method_runs_half_the_steps():
         make_method("steps", fraction=0.5)
     with pytest.raises(ValueError, match="registered methods"):
         make_method("nosuch")
+
+
+def test_statistics_no_partial_call_reads_are_not_captured():
+    """Hand-computed on tiny DiT (attn1: self-attention, ff: MLP; ToCa's score = self-attention influence):
+    step 0 full, step 1 attn1 full + ff partial, step 2 both partial, step 3 reuse, step 4 full. Step 1's
+    ff reads step 1's attn1 statistic, step 2 still reads it; step 0's is replaced unread, step 4's is the
+    last. Partial self-attention calls capture nothing (influence needs every query). Skipping them leaves
+    the images bit for bit as when every full call observes."""
+    from methods.rankings import Ranking
+
+    cell = Cell(with_dit(tiny_config(), steps=5), "tiny_dit", "none")
+    pipe = cell.build_pipeline()
+    layout = cell.adapter.layout(pipe)
+    blocks, subs = layout.blocks, layout.sublayers
+    a, f = subs.index("attn1"), subs.index("ff")
+    ratios = torch.ones(5, blocks, len(subs))
+    ratios[1, :, f] = 0.5
+    ratios[2] = 0.5
+    ratios[3] = 0.0
+    plan = Plan(ratios, subs)
+
+    def run(skip_unread: bool):
+        ranking = Ranking(score="attention")
+        seen = []
+        observe = ranking.observe
+        ranking.observe = lambda where, kind, *rest: (seen.append((engine.step, where, kind)), observe(where, kind, *rest))
+        engine = Engine(cell.adapter, pipe, plan, ranking, cfg_halves=2)
+        if not skip_unread:
+            engine._unread = frozenset()
+        with engine:
+            engine.for_samples([0, 1])
+            images = cell.adapter.sample(pipe, [1, 207], [0, 1], num_steps=5, guidance_scale=1.5)
+        return engine, seen, images
+
+    engine, seen, fast = run(True)
+    assert engine._unread == {(s, 0, b, a) for s in (0, 4) for b in range(blocks)}
+    assert seen == [(1, (0, b), "self_attn") for b in range(blocks)]
+    _, seen_all, every = run(False)
+    assert sorted({s for s, _, _ in seen_all}) == [0, 1, 4]   # full calls only: never the partial step 2
+    torch.testing.assert_close(fast, every, rtol=0, atol=0)
+
+
+def test_row_gather_and_scatter_equal_torch_gather_and_scatter():
+    from methods.calls import gather, scatter
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(3, 10, 4), (2, 7, 1, 5)]:
+        x = torch.randn(*shape, generator=g, requires_grad=True)
+        idx = torch.rand(shape[0], shape[1], generator=g).topk(4, dim=1).indices
+        index = idx.view(*idx.shape, *[1] * (len(shape) - 2)).expand(-1, -1, *shape[2:])
+        torch.testing.assert_close(gather(x, idx), x.gather(1, index), rtol=0, atol=0)
+        values = torch.randn(shape[0], 4, *shape[2:], generator=g, requires_grad=True)
+        ours, theirs = scatter(x, idx, values), x.scatter(1, index, values)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+        assert not torch.equal(ours, x)   # a copy with the rows replaced, `x` itself untouched
+        (grad_x, grad_v), (ref_x, ref_v) = (torch.autograd.grad(t.square().sum(), (x, values)) for t in (ours, theirs))
+        torch.testing.assert_close(grad_x, ref_x, rtol=0, atol=0)   # training backpropagates through both
+        torch.testing.assert_close(grad_v, ref_v, rtol=0, atol=0)
