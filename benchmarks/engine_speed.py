@@ -5,7 +5,7 @@ against the plain pipeline. All timings come from one run, interleaved (metrics/
 Models: `mid_pixart` (default; CPU-sized PixArt, 8 blocks, width 512, 256 image + 120 text tokens),
 `mid_dit` (CPU-sized DiT: 8 blocks, width 512, 256 tokens), the two trained CPU proxies `proxy_pixart`
 and `proxy_dit` (source "proxy", the committed weights, with tests/smoke.yaml's run settings and
-method variants), `tiny_wan` (CPU), and on a GPU the full-size architectures with seeded random
+method variants), `tiny_wan` and `tiny_flux` (CPU), and on a GPU the full-size architectures with seeded random
 weights, e.g. `wan21_t2v_1_3b` (480×832×81 frames, two CFG calls per step) or `pixart_alpha_256`.
 
 Token methods (ToCa, DuCa, DiffSparse) run with each family's settings: PixArt ToCa's / DuCa's README
@@ -141,8 +141,10 @@ def main() -> None:
     key = f"{args.stat}_s"
     base = t["none"][key]
     layout = cells["none"].adapter.layout(pipe)
-    print(f"{args.model} ({cfg['models'][args.model]['source']}): {layout.blocks} blocks, {args.steps} steps, "
-          f"batch {args.batch} (+CFG), {args.device}, {torch.get_num_threads()} threads, {args.stat} of {args.repeats}")
+    calls = cells["none"].adapter.engine_cfg(guidance)
+    cfg_note = " (+CFG)" if calls.get("cfg_halves", 1) > 1 or calls.get("branches", 1) > 1 else " (no CFG)"
+    print(f"{args.model} ({cfg['models'][args.model]['source']}): {' + '.join(f'{g.blocks} {g.name}' for g in layout.groups)}, {args.steps} steps, "
+          f"batch {args.batch}{cfg_note}, {args.device}, {torch.get_num_threads()} threads, {args.stat} of {args.repeats}")
     for m in TOKEN_METHODS:
         if m in cells:
             shown = {k: v for k, v in cfg["methods"][m].items() if k not in ("method", "schedule", "train")}
