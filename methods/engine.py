@@ -173,43 +173,15 @@ class Engine:
                 keeps = torch.ones_like(keeps)
             self._keeps.append(keeps.tolist())
             self._skips.append(skips.tolist())
-        self._unread = self._unread_observations(plan)
+        # Full calls whose statistic nothing reads run without capturing (none in training or under a
+        # controller: every step observes, or no plan is fixed).
+        fixed = self.ranking is not None and self.training is None and self.controller is None
+        self._unread = observe.unread_observations(self.ranking, self._groups, plan) if fixed else frozenset()
         self._ratios_now: list = []
         self._skip_now: list = []
         if not self.attached:
             self._hook_blocks = [[h or s for h, s in zip(hooked, skips)]
                                  for hooked, skips in zip(self._hook_blocks, self._skips)]
-
-    def _unread_observations(self, plan: Plan) -> frozenset:
-        """(step, group, block, sub-layer) of full calls whose ranking statistic no partial call reads
-        before the next full call of that sub-layer replaces it (e.g. the last step's, or a step followed
-        only by reuse): they run without capturing anything. A partial call of a block reads every
-        statistic of its block, so the statistics every partial call reads are the same as before.
-        Empty in training (every step observes) and under a run-time controller (no fixed plan)."""
-        r = self.ranking
-        if r is None or self.training is not None or self.controller is not None:
-            return frozenset()
-        unread = set()
-        for g, (group, p) in enumerate(zip(self._groups, plan.groups)):
-            observed = [j for j, spec in enumerate(group.sublayers) if any(r.wants(spec.kind))]
-            if not observed:
-                continue
-            runs = (p.skip == COMPUTE) if p.skip is not None else torch.ones(p.ratios.shape[:2], dtype=torch.bool)
-            partial = ((p.ratios > 0) & (p.ratios < 1) & runs.unsqueeze(-1)).tolist()
-            full = ((p.ratios >= 1) & runs.unsqueeze(-1)).tolist()
-            n = len(group.sublayers)
-            for b in range(p.blocks):
-                for j in observed:
-                    read = False   # walking back in call order: will a partial call read what j records here?
-                    for step in range(p.ratios.shape[0] - 1, -1, -1):
-                        for jj in range(n - 1, -1, -1):
-                            if partial[step][b][jj]:
-                                read = True
-                            elif jj == j and full[step][b][j]:
-                                if not read:
-                                    unread.add((step, g, b, j))
-                                read = False
-        return frozenset(unread)
 
     def relax(self, gates, keep: list[float] | None = None, checkpoint: bool = True) -> None:
         """Training mode (DiffSparse's straight-through estimator), or back to inference with None;

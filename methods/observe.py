@@ -5,10 +5,16 @@ The ranking says what it needs (`Ranking.wants(kind)`); the engine runs the sub-
 processor hands over its final (normalised, rotated) queries and keys (FLUX's, on the joint [text; image]
 sequence: the adapter says where each stream's tokens lie), or from forward hooks on the `to_q`, `to_k`,
 `to_v` projections (PixArt, DiT, Wan: no normalisation or rotation between them and the scores).
+It captures nothing where nothing reads it: on partial self-attention calls (a token's influence needs
+every query), and on full calls whose statistic is replaced before any partial call reads it
+(`unread_observations`, worked out once per plan).
 """
 from __future__ import annotations
 
+import torch
+
 from methods.calls import gather
+from methods.plan import COMPUTE
 
 
 def run_observed(ranking, adapter, site, module, idxs, args, kwargs, run):
@@ -51,3 +57,31 @@ def _by_processor(ranking, adapter, site, processor, idxs, run):
     ranking.observe((site.g, site.b), site.kind, flat(got["q"]), flat(got["k"]), None, None,
                     got["q"].shape[1], None, adapter.attention_segments(site.spec, got))
     return out
+
+
+def unread_observations(ranking, groups, plan) -> frozenset:
+    """(step, group, block, sub-layer) of the plan's full calls whose statistic no partial call reads before
+    the next full call of that sub-layer replaces it (e.g. the last step's, or a step followed only by
+    reuse): the engine runs them without capturing anything. A partial call reads every statistic of its
+    block, so every partial call reads the same statistics as when all full calls observe."""
+    unread = set()
+    for g, (group, p) in enumerate(zip(groups, plan.groups)):
+        observed = [j for j, spec in enumerate(group.sublayers) if any(ranking.wants(spec.kind))]
+        if not observed:
+            continue
+        runs = (p.skip == COMPUTE) if p.skip is not None else torch.ones(p.ratios.shape[:2], dtype=torch.bool)
+        partial = ((p.ratios > 0) & (p.ratios < 1) & runs.unsqueeze(-1)).tolist()
+        full = ((p.ratios >= 1) & runs.unsqueeze(-1)).tolist()
+        n = len(group.sublayers)
+        for b in range(p.blocks):
+            for j in observed:
+                read = False   # walking back in call order: will a partial call read what j records here?
+                for step in range(p.ratios.shape[0] - 1, -1, -1):
+                    for jj in range(n - 1, -1, -1):
+                        if partial[step][b][jj]:
+                            read = True
+                        elif jj == j and full[step][b][j]:
+                            if not read:
+                                unread.add((step, g, b, j))
+                            read = False
+    return frozenset(unread)
