@@ -80,9 +80,21 @@ class Cell:
 
     def check_ready(self) -> None:
         """Fail before any model is built if the method needs an artefact that is missing or stale
-        (a DiffSparse schedule not trained yet, or trained for other settings)."""
+        (a DiffSparse schedule not trained yet, or trained for other settings; SparseDiT weights not
+        fine-tuned yet, or not matching their recorded digests) or cannot run on this model."""
         if self.accelerator.trained:
             self.accelerator.load_schedule()
+        if self.accelerator.replaces_denoiser:
+            self.check_denoiser()
+            self.accelerator.check_ready(self.model, self.method)
+
+    def check_denoiser(self) -> None:
+        """A method that replaces the denoiser runs on the model families it names, at this model's depth."""
+        accel, preset = self.accelerator, self.adapter.preset
+        if preset.family not in accel.denoiser_families:
+            raise ValueError(f"{self.method} ({accel.name}) replaces the transformer of "
+                             f"{' / '.join(accel.denoiser_families)} models only; {self.model} is a {preset.family} model")
+        accel.check_depth(self.model, preset.transformer["num_layers"])
 
     def sample_identity(self, base_seed: int | None = None) -> dict:
         """What this cell's samples depend on, recorded in every shard and compared before a shard is reused
@@ -100,6 +112,8 @@ class Cell:
         if self.accelerator.trained:  # a retrained schedule makes other samples
             path = Path(self.accelerator.config.schedule)
             ident["schedule_sha256"] = sha256_file(path) if path.is_file() else None
+        if self.accelerator.replaces_denoiser:  # other weights or density make other samples
+            ident["denoiser"] = self.accelerator.denoiser_identity()
         return ident
 
     def conditions(self) -> list:
@@ -110,13 +124,26 @@ class Cell:
 
     # ---- building -------------------------------------------------------------------------------
     def build_pipeline(self, device: str | None = None, meta: bool = False):
+        """The model's pipeline; for a method that replaces the denoiser (SparseDiT), with its network as
+        `pipe.transformer` (on the meta device too), so every verb runs it."""
         source = "meta" if meta else self.model_cfg["source"]
         if not meta:
             check_device(device or self.config["device"])
-        return self.adapter.build(
+        swap = self.accelerator.replaces_denoiser
+        if swap:  # before anything is built or loaded
+            self.check_denoiser()
+            if not meta:
+                self.accelerator.check_ready(self.model, self.method)
+        guided = self.model_cfg.get("guided_channels")
+        pipe = self.adapter.build(
             source, device=device or self.config["device"], dtype=DTYPES[self.model_cfg.get("dtype", self.config["dtype"])],
             scheduler=self.model_cfg["scheduler"], weights=self.model_cfg.get("weights"), seed=self.config["seed"],
-            guided_channels=self.model_cfg.get("guided_channels"))
+            guided_channels=None if swap else guided)
+        if swap:
+            pipe.transformer = self.accelerator.denoiser(pipe, self.adapter)
+            if guided is not None:  # the guidance hook belongs on the network that runs
+                self.adapter.guide_channels(pipe, guided)
+        return pipe
 
     def plan(self, pipe):
         return self.accelerator.plan(self.num_steps, self.adapter.layout(pipe))

@@ -46,6 +46,9 @@ def predict_macs(cell: Cell) -> float:
     from methods.plan import GroupPlan, Plan
     from metrics.macs import module_costs, predict_c1
 
+    if cell.accelerator.replaces_denoiser:
+        raise ValueError(f"{cell.method}: MAC prediction calibrates one cost per module, but SparseDiT's change "
+                         f"with each step's sparse grid; count them instead (dsbench macs --device meta)")
     pipe = cell.build_pipeline(meta=True)
     denoiser, layout = cell.adapter.denoiser(pipe), cell.adapter.layout(pipe)
     guidance = cell.model_cfg["guidance_scale"]
@@ -89,10 +92,14 @@ def measure_latency(config: dict, model: str, methods: list[str], threads: int |
     cells = {m: Cell(config, model, m) for m in methods}
     lat = config["latency"]
     pipe = cells["none"].build_pipeline()
+    # A method that runs its own network (SparseDiT) gets its own pipeline; the others share the model's.
+    pipes = {m: c.build_pipeline() if c.accelerator.replaces_denoiser else pipe for m, c in cells.items()}
     conds = cells["none"].conditions()[: lat["batch_size"]]
     seeds = list(range(len(conds)))
 
     def run(cell: Cell):
+        pipe = pipes[cell.method]
+
         def go():
             with cell.accelerated(pipe) as engine:
                 cell.sample(pipe, engine, conds, seeds)

@@ -71,6 +71,9 @@ def accelerate(pipe, method: str, guidance_scale: float | None = None, **setting
     batch the two branches, so both halves of a sample choose the same tokens; Wan calls the denoiser
     twice a step, and each call keeps its own caches). FLUX.1-schnell runs no CFG whatever it is."""
     m = make_method(method, **settings)
+    if m.replaces_denoiser:  # attaching hooks would run the pipeline's own network under this method's name
+        raise ValueError(f"{method!r} replaces the pipeline's transformer: set pipe.transformer = "
+                         f"make_method({method!r}, ...).denoiser(pipe, adapter) yourself (dsbench's cells do)")
     if type(m).num_steps is not Method.num_steps:
         raise ValueError(f"{method!r} changes the number of sampling steps: pass num_inference_steps to the "
                          "pipeline yourself instead")

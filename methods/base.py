@@ -97,6 +97,10 @@ class Method:
     # Optional capabilities, declared here so callers need not probe for them:
     dynamic: ClassVar[bool] = False   # decides at run time (a controller): has controller(), retained()
     trained: ClassVar[bool] = False   # needs a trained artefact (a DiffSparse schedule) named in its settings
+    replaces_denoiser: ClassVar[bool] = False  # runs its own network in place of the model's (SparseDiT): has
+    #                                           denoiser(), denoiser_identity(), check_depth(), check_ready()
+    denoiser_families: ClassVar[tuple[str, ...]] = ()  # the model families whose denoiser it can replace (data:
+    #                                                    the cell checks it, no method branches on a family)
     # A dataclass, the one place a method's settings are declared: names, types (checked by
     # methods.settings.build), defaults, and their meaning in its docstring; __post_init__ checks ranges.
     Config: ClassVar[type]
@@ -119,6 +123,16 @@ class Method:
     def controller(self, num_steps: int, blocks: int):
         """The run-time rule of a dynamic method (see methods/dicache.py for the interface)."""
         raise TypeError(f"{self.name} is not a dynamic method: it has no controller")
+
+    def denoiser(self, pipe, adapter):
+        """The network that replaces `pipe.transformer` (built on its device, dtype and, for the meta device,
+        without weights); the cell installs it. Only for methods with `replaces_denoiser`."""
+        raise TypeError(f"{self.name} keeps the model's own denoiser")
+
+    def denoiser_identity(self) -> dict:
+        """What the replacing network's outputs depend on beyond the method's settings (its weights'
+        digest): recorded in every sample shard's identity."""
+        raise TypeError(f"{self.name} keeps the model's own denoiser")
 
 
 def check_ratio(method: str, key: str, value: float, *, low_open: bool = False) -> None:

@@ -8,13 +8,14 @@ from methods.diffsparse.method import DiffSparse
 from methods.duca import DuCa
 from methods.fora import FORA
 from methods.none import NoAcceleration
+from methods.sparsedit import SparseDiT
 from methods.steps import StepReduction
 from methods.taylorseer import TaylorSeer
 from methods.toca import ToCa
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (NoAcceleration, StepReduction, FORA, DeepCache, TaylorSeer, ToCa, DuCa, DiCache,
-                                   DiffSparse)
+                                   DiffSparse, SparseDiT)
 }
 
 

@@ -132,3 +132,44 @@ def predict_c1(plan, per_compute: dict[str, float], per_step: dict[str, float], 
                     macs += cost
                 macs += sum(rest.values())  # the block's own layers outside its sub-layers (DiT's adaLN)
     return macs
+
+
+# ---- DiT's convention (SparseDiT's paper reports it): one forward pass of one image -------------------------
+def paper_macs_per_forward(model: torch.nn.Module, g: int | None = None, pooling: str = "paper") -> float:
+    """Multiply-adds of one forward pass of a DiT or SparseDiT transformer on one image (batch 1, one CFG
+    branch): every matmul it executes, linear and conv layers and the attention products QKᵀ and AV alike,
+    as DiT reports its Gflops and SparseDiT its per-grid figures. Counted while the forward runs (on the meta
+    device: full size, no weights). `g`: SparseDiT's sparse grid for this forward (None: a DiT, or the
+    model's fixed grid). `pooling`: how a Poolingformer's uniform attention is counted: "paper" runs V and
+    the output projection on every token, as the paper counts them; "ours" as this harness executes it
+    (mean first: one token through V and the projection, 2·(N−1)·C² fewer per Poolingformer)."""
+    from models.sparsedit_blocks import ValueOnlyAttention
+
+    if pooling not in ("paper", "ours"):
+        raise ValueError(f"pooling must be 'paper' or 'ours', got {pooling!r}")
+    cfg, device = model.config, next(model.parameters()).device
+    side = cfg.sample_size
+    x = torch.zeros(1, cfg.in_channels, side, side, device=device, dtype=model.dtype)
+    t = torch.zeros(1, dtype=torch.long, device=device)
+    y = torch.zeros(1, dtype=torch.long, device=device)
+    pools = [m for m in model.modules() if isinstance(m, ValueOnlyAttention)]
+    math_sdpa = (torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH)
+                 if device.type == "cpu" else contextlib.nullcontext())  # a fused kernel is not counted
+    try:
+        for m in pools:
+            m.per_token = pooling == "paper"
+        with torch.no_grad(), math_sdpa, FlopCounterMode(display=False) as counter:
+            model(x, timestep=t, class_labels=y, **({} if g is None else {"sparse_grid": g}))
+    finally:
+        for m in pools:
+            m.per_token = False
+    return sum(counter.get_flop_counts()["Global"].values()) / 2
+
+
+def paper_macs_mean(model: torch.nn.Module, timesteps, pooling: str = "paper") -> float:
+    """`paper_macs_per_forward` averaged over the forwards of a sampling run at `timesteps` (DiT's 0 … 999
+    index), each at its own sparse grid from the model's temporal density."""
+    side = model.config.sample_size // model.config.patch_size
+    grids = [model.density.grid(float(t), (side, side)) for t in timesteps]
+    per_grid = {g: paper_macs_per_forward(model, g, pooling) for g in set(grids)}
+    return sum(per_grid[g] for g in grids) / len(grids)

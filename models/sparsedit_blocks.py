@@ -66,12 +66,18 @@ class ValueOnlyAttention(nn.Module):
     the tokens, for every head alike. V and the output projection are affine, so the mean is taken first
     (one token through V and to_out instead of N): exact, and O(N·C + C²) rather than O(N·C²)."""
 
+    # MAC counting in the paper's convention only (metrics.macs.paper_macs_per_forward): V and the output
+    # projection run on every token, as the paper counts them (the same values, N times the work).
+    per_token: bool = False
+
     def __init__(self, dim, inner_dim, bias, dropout=0.0):
         super().__init__()
         self.to_v = nn.Linear(dim, inner_dim, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, dim), nn.Dropout(dropout)])
 
     def forward(self, x):
+        if self.per_token:
+            return self.to_out[1](self.to_out[0](self.to_v(x).mean(dim=1, keepdim=True).expand_as(x)))
         return self.to_out[1](self.to_out[0](self.to_v(x.mean(dim=1, keepdim=True))))  # (B, 1, C): broadcasts
 
 
@@ -124,7 +130,9 @@ class RecoveryBlock(_AdaLNBlock):
 
     def forward(self, xs, x_in, grid_hw, g, timestep, class_labels, cross_attention_kwargs=None):
         s_msa, c_msa, g_msa, s_mlp, c_mlp, g_mlp = self.modulation(timestep, class_labels, xs.dtype)
-        x = self.linear_1(upsample_tokens(xs, g, grid_hw)) + self.linear_2(x_in)
+        # Contiguous inputs: the residual stream keeps PatchEmbed's transposed strides, on which a batched
+        # linear layer runs as a bmm (an attention-like op to the MAC counter, and slower) instead of one matmul.
+        x = self.linear_1(upsample_tokens(xs, g, grid_hw).contiguous()) + self.linear_2(x_in.contiguous())
         x = x + self.cross(self.modulate(x, s_msa, c_msa), self.modulate(xs, s_msa, c_msa), g_msa,
                            cross_attention_kwargs)
         return self.mlp(x, s_mlp, c_mlp, g_mlp)

@@ -1,5 +1,5 @@
 rule generate_shard:
-    input: lambda wc: schedule_inputs(wc.model, [wc.method])
+    input: lambda wc: method_inputs(wc.model, [wc.method])
     output: "results/samples/{model}/{method}/shard_{shard}.npz"
     params: config=scoped_config("generate_shard"), scope=scoped_trigger("generate_shard")
     resources: gpu=1

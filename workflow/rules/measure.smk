@@ -1,7 +1,7 @@
 rule macs:
     # Counted while a whole sampling run executes: on the meta device (full size, no weights) for static
     # plans; methods that decide at run time (DiCache) count real runs and report the mean over samples.
-    input: lambda wc: schedule_inputs(wc.model, [wc.method])
+    input: lambda wc: method_inputs(wc.model, [wc.method])
     output: "results/macs/{model}/{method}.json"
     params: config=scoped_config("macs"), scope=scoped_trigger("macs")
     log: "logs/macs/{model}/{method}.log"
@@ -13,7 +13,7 @@ rule latency:
     # all the cores (threads = --cores), so no other job runs beside it and slows some methods' rounds
     # (a smoke run's 25 % steps measured 10.5x against a MAC-ideal 4x so); its torch threads are as
     # many (OMP_NUM_THREADS, recorded in the JSON). gpu=1: no other GPU job beside it either.
-    input: lambda wc: schedule_inputs(wc.model, model_methods(wc.model))
+    input: lambda wc: method_inputs(wc.model, model_methods(wc.model))
     output: "results/latency/{model}.json"
     params: config=scoped_config("latency"), scope=scoped_trigger("latency")
     threads: workflow.cores

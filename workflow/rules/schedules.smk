@@ -16,6 +16,22 @@ def schedule_inputs(model, methods):
             for m in methods if config["methods"][m]["method"] == "diffsparse"]
 
 
+def sparsedit_inputs(model, methods):
+    """The provenance.json of the fine-tuned SparseDiT weights the given variants sample with, where it exists:
+    new weights then rerun what read the old ones. A missing folder is not an input (nothing here makes it):
+    the job fails with the command that fine-tunes it, and `snakemake -n` still plans."""
+    import os
+
+    paths = [os.path.join(config["methods"][m]["weights"], "provenance.json") for m in methods
+             if config["methods"][m]["method"] == "sparsedit" and config["methods"][m].get("weights")]
+    return [p for p in paths if os.path.isfile(p)]
+
+
+def method_inputs(model, methods):
+    """Every artefact the given variants of `model` read: DiffSparse schedules, SparseDiT weights."""
+    return schedule_inputs(model, methods) + sparsedit_inputs(model, methods)
+
+
 rule train_schedule:
     output:
         schedule="results/schedules/{model}/{method}.safetensors",
