@@ -4,6 +4,7 @@
 #   snakemake --configfile tests/smoke.yaml --replace-workflow-config --cores 2 smoke
 #   snakemake --cores 2 train_proxies       (retrain the CPU proxies; only when asked)
 #   snakemake --cores 2 results/schedules/proxy_pixart/diffsparse_r43.safetensors   (train one DiffSparse schedule)
+#   snakemake --cores 1 results/sparsedit/proxy_dit/<variant>   (fine-tune one SparseDiT; only when asked)
 from snakemake.utils import min_version
 
 min_version("9.19")
@@ -22,6 +23,7 @@ include: "workflow/rules/generate.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/proxies.smk"
+include: "workflow/rules/sparsedit.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/envs.smk"
 

@@ -163,6 +163,25 @@ def cmd_train_proxy(args):
     print(json.dumps(info, indent=2))
 
 
+def cmd_finetune_sparsedit(args):
+    import shlex
+
+    import torch
+
+    from dsbench.sparsedit_train import finetune_variant, inline_variant
+
+    if (args.method is None) == (args.settings is None):
+        raise ValueError("give the variant to fine-tune: --method (a sparsedit variant of the config) or --settings")
+    inline = inline_variant(args.settings) if args.settings is not None else None
+    what = ["--method", args.method] if inline is None else ["--settings", args.settings]
+    command = f"OMP_NUM_THREADS={torch.get_num_threads()} " + shlex.join(
+        ["dsbench", "finetune-sparsedit", "--config", args.config, "--model", args.model, *what, "--out", args.out])
+    info = finetune_variant(_config(args), args.model, args.out, method=args.method, inline=inline,
+                            force=args.force, command=command)
+    print(f"{args.out}: {info['steps_done']} steps in {info['train_seconds']} s, loss (mean of the last 50) "
+          f"{info['final_loss_mean_last_50']:.4f}")
+
+
 def cmd_match_macs(args):
     from dsbench.cell import Cell
     from dsbench.measure import match_macs, predict_macs
@@ -307,6 +326,13 @@ def parser() -> argparse.ArgumentParser:
              "resumes from <out>.ckpt", method=True)
     s.add_argument("--out", required=True, help="the schedule's .safetensors (its .json provenance goes beside it)")
     s.add_argument("--force", action="store_true", help="train over an existing schedule")
+    s = verb("finetune-sparsedit", cmd_finetune_sparsedit, "fine-tune a SparseDiT converted from the model's DiT "
+             "(a sparsedit variant's plan and finetune settings); resumes from <out>.ckpt")
+    s.add_argument("--method", help="a sparsedit variant of the config")
+    s.add_argument("--settings", help="instead of --method: a sparsedit variant inline, as a JSON object "
+                   "(method, plan keys, finetune); recorded in the provenance's command")
+    s.add_argument("--out", required=True, help="folder for transformer/, provenance.json and loss.csv")
+    s.add_argument("--force", action="store_true", help="train over a finished fine-tune")
     s = verb("match-macs", cmd_match_macs, "the setting of a variant that matches another variant's predicted "
              "MACs (e.g. ToCa's fresh_ratio at a DiffSparse schedule's MACs)", method=True)
     s.add_argument("--target", required=True, help="the variant whose MACs to match")

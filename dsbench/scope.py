@@ -158,6 +158,16 @@ def train_schedule(config: dict, model: str, method: str) -> dict:
                   metrics={"lpips_network": config["metrics"]["lpips_network"]})
 
 
+def finetune_sparsedit(config: dict, model: str, method: str) -> dict:
+    """A SparseDiT fine-tune: the source DiT (the model's source and weights), the variant (its plan and its
+    finetune block), seed (tiny source weights) and device (real weights train there). Untracked: the
+    variant's `weights` (where sampling reads the result from) and, for weights that train on the CPU
+    (proxy, tiny), the device."""
+    cpu = config["models"][model]["source"] != "real"
+    return _slice("finetune_sparsedit", config, ("seed", "device"), model, ("source", "weights"), [method],
+                  untracked=[f"methods.{method}.weights", *(["device"] if cpu else [])])
+
+
 def heatmap(config: dict, model: str, method: str) -> dict:
     """Figure 3 of a schedule (its file is the input): the model's layout (SAMPLING) and the variant."""
     return _slice("schedule_heatmap", config, ("seed", "device", "dtype"), model, SAMPLING, [method])

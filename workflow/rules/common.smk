@@ -36,6 +36,7 @@ wildcard_constraints:
 SCOPE_WILDCARDS = {"generate_shard": ("model", "method", "shard"), "reference_stats": ("model",),
                    "evaluate": ("model", "method"), "macs": ("model", "method"), "latency": ("model",),
                    "aggregate": ("model",), "render": ("table",), "train_schedule": ("model", "method"),
+                   "finetune_sparsedit": ("model", "method"),
                    "heatmap": ("model", "method"), "grid": ("model",)}
 
 
