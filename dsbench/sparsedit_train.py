@@ -35,74 +35,29 @@ import torch
 from tqdm import tqdm
 
 from dsbench.io import atomic_path, write_json, write_text
-from methods.settings import SettingsError, build, check_type, invalid
+from methods.settings import SettingsError
+from methods.sparsedit import FinetuneSettings
 from models.proxy import PROVENANCE, weight_hashes
 
 CKPT_FORMAT = "dsbench.sparsedit_finetune/1"
-# The variant's layer-plan settings -> SparseDiTTransformer2DModel's (convert_dit's `plan`).
-PLAN_KEYS = {"poolingformers": "num_poolingformers", "sdtms": "num_sdtms", "sdtm_layout": "sdtm_layout",
-             "top_blocks": "num_top_blocks", "pruning_rates": "pruning_rates", "fixed_grid": "sparse_grid"}
-VARIANT_KEYS = ("method", "weights", "finetune", *PLAN_KEYS)
 
 
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """A sparsedit variant's `finetune:` block. steps: optimiser steps (the paper: ~400K for DiT-XL);
-    batch: samples per step, all on one sparse grid (the paper: 256); lr: AdamW's constant learning rate;
-    ema: the EMA decay (diffusers' EMAModel, whose decay ramps as (1+s)/(10+s) up to this value);
-    checkpoint_every: steps between resumable checkpoints; seed: of the data order, t, noise and label
-    dropout; intervals: K, the piecewise-constant density's intervals in training (a multiple of 4 keeps
-    t < T/4 at r_min); label_dropout: share of labels replaced by the null class; latents: folder of
-    pre-extracted latents (dsbench/latents.py), needed for a latent-space DiT (a pixel-space proxy trains
-    on the shapes); device: where it trains (None: the config's `device` for real weights, else cpu)."""
-    steps: int = 400_000
-    batch: int = 256
-    lr: float = 1e-4
-    ema: float = 0.9999
-    checkpoint_every: int = 1000
-    seed: int = 0
-    intervals: int = 12
-    label_dropout: float = 0.1
-    latents: str | None = None
-    device: str | None = None
+def variant_settings(entry: dict, where: str, strict: bool = True) -> tuple[dict, FinetuneSettings]:
+    """(convert_dit's plan, FinetuneSettings) of a sparsedit variant, validated by the method itself (every
+    key, nested ones too: the same errors as when the variant samples); errors name `where`."""
+    from methods import make_method
 
-    def __post_init__(self):
-        for key in ("steps", "batch", "checkpoint_every", "intervals"):
-            if getattr(self, key) < 1:
-                raise invalid("finetune", key, f"must be >= 1, got {getattr(self, key)}")
-        if self.seed < 0:
-            raise invalid("finetune", "seed", f"must be >= 0, got {self.seed}")
-        if not self.lr > 0:
-            raise invalid("finetune", "lr", f"must be > 0, got {self.lr}")
-        for key in ("ema", "label_dropout"):
-            if not 0 <= getattr(self, key) < 1:
-                raise invalid("finetune", key, f"must be in [0, 1), got {getattr(self, key)}")
-
-
-def variant_settings(entry: dict, where: str, strict: bool = False) -> tuple[dict, FinetuneSettings]:
-    """(convert_dit's plan, FinetuneSettings) of a sparsedit variant; errors name `where`.<key>. The
-    variant's other settings (how it samples) belong to the method; `strict` refuses them (an inline
-    variant given on the command line, which nothing else validates)."""
     if not isinstance(entry, dict) or entry.get("method") != "sparsedit":
         got = entry.get("method") if isinstance(entry, dict) else entry
         raise SettingsError(f"{where}.method", f"must be sparsedit to fine-tune a SparseDiT, got {got!r}")
-    if strict and (unknown := sorted(set(entry) - set(VARIANT_KEYS))):
-        raise SettingsError(where, f"unknown setting(s) {unknown}; valid: {sorted(VARIANT_KEYS)}", sep=": ")
-    for key in ("poolingformers", "sdtms", "top_blocks"):
-        if key in entry:
-            check_type(f"{where}.{key}", int, entry[key])
-    if "fixed_grid" in entry:
-        check_type(f"{where}.fixed_grid", int | None, entry["fixed_grid"])
-    for key, n, tp in (("sdtm_layout", 4, int), ("pruning_rates", 2, float)):
-        value = entry.get(key, [0] * n)
-        if not isinstance(value, list) or len(value) != n:
-            raise SettingsError(f"{where}.{key}", f"must be a list of {n} {'integers' if tp is int else 'numbers'}, "
-                                                  f"got {value!r}")
-        for i, v in enumerate(value):
-            check_type(f"{where}.{key}.{i}", tp, v)
-    plan = {PLAN_KEYS[k]: v for k, v in entry.items() if k in PLAN_KEYS}
-    block = entry.get("finetune")
-    return plan, build(FinetuneSettings, {} if block is None else block, f"{where}.finetune")
+    try:
+        method = make_method("sparsedit", **{k: v for k, v in entry.items() if k != "method"})
+    except ValueError as e:  # the method names its keys `sparsedit.<key>`: name them as the caller's
+        text = str(e)
+        raise ValueError(where + text[len("sparsedit"):] if text.startswith("sparsedit") else f"{where}: {text}") from None
+    plan = {**method.layers.model_kwargs(), "pruning_rates": [float(r) for r in method.config.pruning_rates],
+            "sparse_grid": method.config.fixed_grid}
+    return plan, FinetuneSettings(**(method.config.finetune or {}))
 
 
 # ---- source DiT and data --------------------------------------------------------------------------------

@@ -71,6 +71,40 @@ class LayerPlan:
                     sdtm_layout=list(self.sdtm_layout), num_top_blocks=self.top_blocks)
 
 
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """A sparsedit variant's `finetune:` block (dsbench/sparsedit_train.py fine-tunes with it). steps: optimiser steps (the paper: ~400K for DiT-XL);
+    batch: samples per step, all on one sparse grid (the paper: 256); lr: AdamW's constant learning rate;
+    ema: the EMA decay (diffusers' EMAModel, whose decay ramps as (1+s)/(10+s) up to this value);
+    checkpoint_every: steps between resumable checkpoints; seed: of the data order, t, noise and label
+    dropout; intervals: K, the piecewise-constant density's intervals in training (a multiple of 4 keeps
+    t < T/4 at r_min); label_dropout: share of labels replaced by the null class; latents: folder of
+    pre-extracted latents (dsbench/latents.py), needed for a latent-space DiT (a pixel-space proxy trains
+    on the shapes); device: where it trains (None: the config's `device` for real weights, else cpu)."""
+    steps: int = 400_000
+    batch: int = 256
+    lr: float = 1e-4
+    ema: float = 0.9999
+    checkpoint_every: int = 1000
+    seed: int = 0
+    intervals: int = 12
+    label_dropout: float = 0.1
+    latents: str | None = None
+    device: str | None = None
+
+    def __post_init__(self):
+        for key in ("steps", "batch", "checkpoint_every", "intervals"):
+            if getattr(self, key) < 1:
+                raise invalid("finetune", key, f"must be >= 1, got {getattr(self, key)}")
+        if self.seed < 0:
+            raise invalid("finetune", "seed", f"must be >= 0, got {self.seed}")
+        if not self.lr > 0:
+            raise invalid("finetune", "lr", f"must be > 0, got {self.lr}")
+        for key in ("ema", "label_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise invalid("finetune", key, f"must be in [0, 1), got {getattr(self, key)}")
+
+
 class SparseDiT(Method):
     name = "sparsedit"
     replaces_denoiser = True
@@ -83,11 +117,13 @@ class SparseDiT(Method):
         null: zero-shot, the DiT's weights converted without fine-tuning (an ablation); pruning_rates:
         [r_min, r_max], 0 <= r_min <= r_max < 1, the pruning rate near the data and at pure noise (the
         paper's [0.61, 0.86] at 256 px: grids 10×10 -> 6×6 of 16×16 tokens); fixed_grid: one g×g sparse grid
-        at every step instead (>= 1, at most the token grid's side); layers: the layer plan (LayerPlan)."""
+        at every step instead (>= 1, at most the token grid's side); layers: the layer plan (LayerPlan);
+        finetune: how `dsbench finetune-sparsedit` makes the weights (FinetuneSettings; sampling ignores it)."""
         weights: str | None = None
         pruning_rates: list | tuple = (0.61, 0.86)
         fixed_grid: int | None = None
         layers: dict = field(default_factory=dict, metadata={"settings": LayerPlan})
+        finetune: dict | None = field(default=None, metadata={"settings": FinetuneSettings})
 
         def __post_init__(self):
             r = self.pruning_rates

@@ -3,18 +3,12 @@
 # so nothing trains unless named:
 #   snakemake --cores 1 results/sparsedit/proxy_dit/<variant>        (or: finetune_sparsedit_all)
 # A run resumes from results/sparsedit/<model>/<variant>.ckpt/ (Snakemake's removal of an incomplete output
-# leaves it). A variant samples with the result when its `weights:` points at that folder; a generating
-# rule that should train it first can take `sparsedit_inputs(model, methods)` as input.
+# leaves it). A variant samples with the result when its `weights:` points at that folder (its
+# provenance.json is then an input of what samples with it: schedules.smk `sparsedit_inputs`).
 
 
 def sparsedit_variants(model):
     return [m for m in model_methods(model) if config["methods"][m]["method"] == "sparsedit"]
-
-
-def sparsedit_inputs(model, methods):
-    """The fine-tuned folders the given variants of `model` read that this workflow produces."""
-    return [w for m in methods if config["methods"][m]["method"] == "sparsedit"
-            for w in [config["methods"][m].get("weights")] if w == f"results/sparsedit/{model}/{m}"]
 
 
 rule finetune_sparsedit:
