@@ -77,6 +77,8 @@ def cmd_macs(args):
                   f"{', '.join(map(str, full))}")
         print(f"macs_c1 {result['macs_c1'] / 1e12:.4g} T")
         print(f"macs_total {result['macs_total'] / 1e12:.4g} T")
+        if "paper_macs_per_forward" in result:
+            print(f"paper_macs_per_forward {result['paper_macs_per_forward'] / 1e9:.4g} G  ({result['paper_convention']})")
 
 
 def cmd_latency(args):

@@ -24,12 +24,27 @@ def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
         runs = list(engine.controller.runs) if engine.controller is not None else None
         planned = engine.plan.full_steps()
     per_image = tally.per_image(images, cell.adapter.cfg_branches(cell.model_cfg["guidance_scale"]))
+    if meta and cell.adapter.family == "dit":  # DiT's own convention too (SparseDiT's paper reports it)
+        extra_paper = _paper_figures(cell.adapter.denoiser(pipe), pipe.scheduler.timesteps)
+    else:
+        extra_paper = {}
     # One entry per sample and denoiser stream (Wan: cond and uncond decide apart).
     extra = {"images": images, "full_steps_mean": sum(runs) / len(runs), "full_steps": runs} if runs else {}
     return {"model": cell.model, "method": cell.method, "device": device, "num_steps": cell.num_steps,
-            **per_image, **extra, "plan_full_steps": planned, "macs_by_op": {k: v / images for k, v in tally.per_op.items()},
+            **per_image, **extra, **extra_paper, "plan_full_steps": planned, "macs_by_op": {k: v / images for k, v in tally.per_op.items()},
             "convention": {"macs_c1": "linear+conv of the denoiser, per image, one CFG branch",
                            "macs_total": "all counted denoiser ops per image, attention and CFG batch included"}}
+
+
+def _paper_figures(denoiser, timesteps) -> dict:
+    """DiT's convention: multiply-adds of one forward of one image, every matmul (QKᵀ and AV included),
+    averaged over the run's forwards at their own timesteps (SparseDiT: each at its sparse grid)."""
+    from metrics.macs import paper_macs_mean, paper_macs_per_forward
+
+    steps = [float(t) for t in timesteps]
+    mean = paper_macs_mean(denoiser, steps) if hasattr(denoiser, "density") else paper_macs_per_forward(denoiser)
+    return {"paper_macs_per_forward": mean,
+            "paper_convention": "DiT's: one forward of one image, linear+conv+QKᵀ+AV, mean over the run's steps"}
 
 
 def predict_macs(cell: Cell) -> float:

@@ -148,6 +148,11 @@ def test_macs_on_meta_are_the_sum_of_each_steps_grid():
     assert count_macs(c, device="cpu")["macs_c1"] == result["macs_c1"]  # real run, grid from real timesteps
     fixed = count_macs(cell(config(fixed={**TINY, "fixed_grid": 3}), "fixed"), device="meta")
     assert fixed["macs_c1"] == 4 * _linear_macs_per_step(3)
+    # DiT's convention beside ours: one forward of one image, attention included, the Poolingformer's V and
+    # projection on every token as the paper counts them; the mean over the run's steps.
+    C, N = 32, 64
+    paper = [_linear_macs_per_step(g) + _attention_macs_per_step(g) + 2 * (N - 1) * C * C for g in GRIDS]
+    assert result["paper_macs_per_forward"] == sum(paper) / len(paper)
 
 
 def test_prediction_refuses_a_network_whose_costs_change_per_step():
