@@ -114,6 +114,35 @@ def test_sdtm_token_counts_for_any_grid(g):
         model(x, t, y, sparse_grid=9)
 
 
+@pytest.mark.parametrize("g", [6, 7, 8, 10, 12])
+def test_sdtm_token_counts_on_a_16x16_grid(g):
+    """DiT-XL/2's 16×16 tokens at 256 px: N = 256 -> g² -> 256 for the paper's grids and one (7) that does not
+    divide 16."""
+    with seeded(0):
+        dit = DiTTransformer2DModel(**{**TINY, "sample_size": 32}, num_layers=6).eval()
+    model, _ = convert_dit(dit, num_poolingformers=1, num_sdtms=1, sdtm_layout=[1, 2, 1, 1], num_top_blocks=0)
+    seen = []
+    for block in model.transformer_blocks:
+        block.register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
+    x = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(x, torch.full((2,), 500), torch.tensor([3, 1000]), sparse_grid=g).sample
+    assert seen == [256, g * g, g * g, g * g, 256, 256] and out.shape == (2, 8, 32, 32)
+
+
+def test_initial_recovery_merge_is_its_dense_input_exactly():
+    """Linear_1 = 0 and Linear_2 = I at conversion: X_merged = Linear_1(Up(X_s)) + Linear_2(X_in) is X_in, bit
+    for bit (a product with the identity and a sum with zeros are exact in floating point)."""
+    model, _ = convert_dit(tiny_dit(6), num_poolingformers=1, num_sdtms=1, sdtm_layout=[1, 2, 1, 1], num_top_blocks=0)
+    rec = model.transformer_blocks[4]
+    assert isinstance(rec, RecoveryBlock)
+    g = torch.Generator().manual_seed(3)
+    x_in, xs = torch.randn(2, 64, 32, generator=g), torch.randn(2, 25, 32, generator=g)
+    with torch.no_grad():
+        merged = rec.linear_1(upsample_tokens(xs, 5, (8, 8)).contiguous()) + rec.linear_2(x_in)
+    assert torch.equal(merged, x_in)
+
+
 def test_batch_rows_do_not_mix():
     """Pooling, the Poolingformer's mean and attention stay within a sample: rows run alone give the same output."""
     model, _ = convert_dit(tiny_dit(6), num_poolingformers=1, num_sdtms=1, sdtm_layout=[1, 2, 1, 1], num_top_blocks=0)
