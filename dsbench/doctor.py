@@ -48,6 +48,7 @@ def _model_rows(config: dict, name: str, label: str) -> list[dict]:
             ok = False
         rows.append(_row("proxy weights", label, folder, ok,
                          "git checkout the committed folder, or `snakemake --cores 2 train_proxies`"))
+    rows += _sparsedit_rows(config, name, label)
     ref = m.get("reference", "heldout")
     if ref not in (*GENERATED_REFERENCES, "imagenet_adm", "vbench", "none"):
         res = get_preset(name).resolution
@@ -61,6 +62,21 @@ def _model_rows(config: dict, name: str, label: str) -> list[dict]:
         rows.append(_row("ADM reference batch", label, path, path.is_file(), f"curl -L -o {path} {adm.REFERENCE_URL}"))
         path = res_dir / "weights" / adm.INCEPTION_FILE
         rows.append(_row("ADM Inception", label, path, path.is_file(), f"curl -L -o {path} {adm.INCEPTION_URL}"))
+    return rows
+
+
+def _sparsedit_rows(config: dict, name: str, label: str) -> list[dict]:
+    """The fine-tuned SparseDiT weights each sparsedit variant of the model samples with (none: zero-shot)."""
+    from methods.sparsedit import PROVENANCE, training_command
+
+    rows = []
+    for variant in config["models"][name]["methods"]:
+        entry = config["methods"][variant]
+        if entry["method"] == "sparsedit" and entry.get("weights"):
+            folder = Path(entry["weights"])
+            made = f"results/sparsedit/{name}/{variant}"
+            how = f"`{training_command(name, variant)}`" + ("" if folder == Path(made) else f", then copy {made} to {folder}")
+            rows.append(_row(f"SparseDiT weights ({variant})", label, folder, (folder / PROVENANCE).is_file(), how))
     return rows
 
 

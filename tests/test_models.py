@@ -90,7 +90,8 @@ def test_doctor_cli_tables_1_to_4_and_9_missing_then_present(empty_hf_cache, tmp
     for needle in ("COCO_caption_prompts_30k.txt", "PartiPrompts.tsv", "VIRTUAL_imagenet256_labeled.npz",
                    "weights-inception-2015-12-05-6726825d.pth", "clip-vit-large-patch14", "ImageReward.pt",
                    "VBench_full_info.json", "ViClip-InternVid-10M-FLT.pth", "bert-base-uncased", ".venv-vbench", "black-forest-labs/FLUX.1-schnell",
-                   "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "alexnet-owt-7be5be79.pth", "open_clip_vit_l14_openai.bin"):
+                   "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "alexnet-owt-7be5be79.pth", "open_clip_vit_l14_openai.bin",
+                   "sparsedit_xl_2_256"):
         assert needle in out, needle
     rows = check(config_mod.load(tmp_path / "c.yaml"))
     assert not any(r["present"] for r in rows)
@@ -104,6 +105,9 @@ def test_doctor_cli_tables_1_to_4_and_9_missing_then_present(empty_hf_cache, tmp
             (where / "bin").mkdir(parents=True)
             (where / "bin" / "python").write_text("")
             (where / ".done").write_text("")  # the build marker metrics/external.py writes last
+        elif r["what"].startswith("SparseDiT weights"):
+            where.mkdir(parents=True)
+            (where / "provenance.json").write_text("{}")
         elif r["what"] in ("reference images", "CLIP (transformers)"):
             where.mkdir(parents=True)
             (where / ("config.json" if "CLIP" in r["what"] else "000000.png")).write_text("x")
