@@ -24,7 +24,9 @@ def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
         runs = list(engine.controller.runs) if engine.controller is not None else None
         planned = engine.plan.full_steps()
     per_image = tally.per_image(images, cell.adapter.cfg_branches(cell.model_cfg["guidance_scale"]))
-    if meta and cell.adapter.family == "dit":  # DiT's own convention too (SparseDiT's paper reports it)
+    # DiT's own convention too (SparseDiT's paper reports it), where every forward runs whole: a cache's
+    # forwards differ step by step, and one per-forward figure would not describe them.
+    if meta and cell.adapter.family == "dit" and len(planned) == cell.num_steps:
         extra_paper = _paper_figures(cell.adapter.denoiser(pipe), pipe.scheduler.timesteps)
     else:
         extra_paper = {}
