@@ -67,13 +67,13 @@ def _model_rows(config: dict, name: str, label: str) -> list[dict]:
 
 def _sparsedit_rows(config: dict, name: str, label: str) -> list[dict]:
     """The fine-tuned SparseDiT weights each sparsedit variant of the model samples with (none: zero-shot)."""
-    from methods.sparsedit import PROVENANCE, training_command
+    from methods.sparsedit import PROVENANCE, training_command, weights_folder
 
     rows = []
     for variant in config["models"][name]["methods"]:
         entry = config["methods"][variant]
         if entry["method"] == "sparsedit" and entry.get("weights"):
-            folder = Path(entry["weights"])
+            folder = weights_folder(entry["weights"])
             made = f"results/sparsedit/{name}/{variant}"
             how = f"`{training_command(name, variant)}`" + ("" if folder == Path(made) else f", then copy {made} to {folder}")
             rows.append(_row(f"SparseDiT weights ({variant})", label, folder, (folder / PROVENANCE).is_file(), how))

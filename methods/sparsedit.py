@@ -28,6 +28,17 @@ from methods.settings import invalid
 PROVENANCE = "provenance.json"
 
 
+def weights_folder(weights: str) -> Path:
+    """A variant's `weights` folder: as given (a relative path from the working directory), or, where that
+    does not exist, the same path inside this repository (the committed proxy weights, e.g.
+    models/proxies/proxy_dit_sparsedit, found from a workflow run in another directory)."""
+    import models
+
+    path = Path(weights)
+    committed = Path(models.__file__).resolve().parent.parent / path
+    return committed if not path.is_absolute() and not path.exists() and committed.exists() else path
+
+
 def training_command(model: str, variant: str) -> str:
     """The workflow target that fine-tunes a variant's weights."""
     return f"snakemake --cores 2 results/sparsedit/{model}/{variant}"
@@ -142,7 +153,7 @@ class SparseDiT(Method):
 
     @property
     def folder(self) -> Path | None:
-        return Path(self.config.weights) if self.config.weights else None
+        return weights_folder(self.config.weights) if self.config.weights else None
 
     def density_kwargs(self) -> dict:
         return dict(pruning_rates=[float(v) for v in self.config.pruning_rates], sparse_grid=self.config.fixed_grid,
