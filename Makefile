@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,peers]"
 	touch $@
 
 # The whole DAG (generate -> measure -> aggregate -> render) on the committed CPU proxies. On CPUs one job
@@ -18,7 +18,9 @@ $(VENV)/.installed: pyproject.toml
 CORES ?= 2
 smoke: $(VENV)/.installed
 	OMP_NUM_THREADS=1 snakemake --configfile tests/smoke.yaml --replace-workflow-config --resources gpu=$(CORES) --cores $(CORES) smoke
+	snakemake --configfile tests/smoke.yaml --replace-workflow-config --report results/report.html smoke
 	@cat results/tables/table1.md results/tables/table2.md results/tables/table3.md
+	@echo "report: $(abspath results/report.html)"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -16,6 +16,7 @@ from dsbench.config import check_files as _strict_read
 _strict_read(["config.yaml"])
 
 configfile: "config.yaml"
+report: "workflow/report/workflow.rst"   # snakemake --report results/report.html (after a run)
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/schedules.smk"
@@ -28,4 +29,5 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/envs.smk"
 
 onstart:
+    print_tables_served()   # which table each job serves (its model wildcard)
     doctor_first()   # stop before any job when a weight, dataset or reference is missing (workflow/rules/common.smk)

@@ -90,6 +90,9 @@ def aggregate(model: str, methods: list[str], macs: list[Path], metrics: list[Pa
             "macs_c1_T": mac["macs_c1"] / TERA, "macs_total_T": mac["macs_total"] / TERA,
             "macs_c1_G": mac["macs_c1"] / GIGA,  # the CPU proxies' scale
             "macs_c1_M": mac["macs_c1"] / 1e6,   # the tiny random-weight models' scale
+            # Counted from real runs: peers (block equivalents per denoiser call) and DiCache (full steps).
+            "blocks_per_call": mac.get("blocks_computed_per_call", math.nan),
+            "full_steps_mean": mac.get("full_steps_mean", math.nan),
             "latency_s": t["median_s"], "latency_q25_s": t.get("q25_s", math.nan),
             "latency_q75_s": t.get("q75_s", math.nan), "latency_runs": t.get("runs", t.get("repeats")),
             "latency_threads": timing.get("threads"),

@@ -63,6 +63,11 @@ class Cell:
             from methods.diffsparse.method import schedule_path
 
             settings["schedule"] = str(schedule_path(self.model, self.method))  # made by rule train_schedule
+        if METHODS[self.method_cfg["method"]].calibrated and settings.get("mag_ratios") is None \
+                and not settings.get("calibration"):
+            from methods.peers.calibration import calibration_path
+
+            settings["calibration"] = str(calibration_path(self.model, self.method))  # rule calibrate_peer
         return make_method(self.method_cfg["method"], **settings)
 
     @property
@@ -87,6 +92,55 @@ class Cell:
         if self.accelerator.replaces_denoiser:
             self.check_denoiser()
             self.accelerator.check_ready(self.model, self.method)
+        if self.accelerator.attaches_peer:
+            self.check_peer()
+
+    def check_peer(self) -> None:
+        """A peer runs on this model family, its library is installed, and a calibrated peer's file exists and
+        was measured on this model's sampling (same model, steps and weights)."""
+        from dsbench.provenance import weights_id
+
+        from methods.peers import PeerUnsupported
+
+        accel, family = self.accelerator, self.adapter.family
+        if family in accel.unsupported:
+            raise PeerUnsupported(f"{accel.name} ({accel.library}) does not run on {family} models: "
+                                  f"{accel.unsupported[family]}")
+        if accel.library == "cache-dit":
+            from methods.peers.cachedit import import_cache_dit
+
+            import_cache_dit()
+        if accel.calibrated and accel.config.mag_ratios is None:
+            from methods.peers.calibration import read_calibration_meta
+
+            accel.ratios()  # missing or corrupt: the error names the rule
+            found = read_calibration_meta(accel.config.calibration)
+            expected = self.calibration_identity(weights_id(self))
+            stale = [k for k in expected if found.get(k) != expected[k]]
+            if stale:
+                raise ValueError(f"{self.method}: calibration {accel.config.calibration} was measured under other "
+                                 f"settings ({', '.join(f'{k}: {found.get(k)!r} != {expected[k]!r}' for k in stale)}); "
+                                 "calibrate again (rule calibrate_peer)")
+
+    def check_peer_family(self) -> None:
+        """The peer's library runs on this model family and is installed."""
+        from methods.peers import PeerUnsupported
+
+        accel, family = self.accelerator, self.adapter.family
+        if family in accel.unsupported:
+            raise PeerUnsupported(f"{accel.name} ({accel.library}) does not run on {family} models: "
+                                  f"{accel.unsupported[family]}")
+        if accel.library == "cache-dit":
+            from methods.peers.cachedit import import_cache_dit
+
+            import_cache_dit()
+
+    def calibration_identity(self, weights: str) -> dict:
+        """What a calibration's ratios depend on: the model's sampling, not the peer's thresholds."""
+        m = self.model_cfg
+        return {"model": self.model, "weights_id": weights, "num_steps": self.num_steps,
+                "scheduler": m["scheduler"], "guidance_scale": m["guidance_scale"],
+                "samples": self.accelerator.config.calibration_samples}
 
     def check_denoiser(self) -> None:
         """A method that replaces the denoiser runs on the model families it names, at this model's depth."""
@@ -114,6 +168,9 @@ class Cell:
             ident["schedule_sha256"] = sha256_file(path) if path.is_file() else None
         if self.accelerator.replaces_denoiser:  # other weights or density make other samples
             ident["denoiser"] = self.accelerator.denoiser_identity()
+        if self.accelerator.calibrated:  # recalibrated ratios make other samples
+            path = self.accelerator.config.calibration
+            ident["calibration_sha256"] = sha256_file(path) if path and Path(path).is_file() else None
         return ident
 
     def conditions(self) -> list:
@@ -150,8 +207,14 @@ class Cell:
 
     @contextlib.contextmanager
     def accelerated(self, pipe):
-        """The method's engine attached to `pipe` for the duration of the context."""
+        """The method's engine (a peer: its library's cache) attached to `pipe` for the duration of the context."""
         from methods.engine import Engine
+
+        if self.accelerator.attaches_peer:
+            self.check_peer()
+            with self.accelerator.attach(pipe, self.adapter, self.num_steps, self.model_cfg["guidance_scale"]) as run:
+                yield run
+            return
 
         controller = None
         if self.dynamic and self.adapter.denoiser(pipe).device.type != "meta":
@@ -162,8 +225,9 @@ class Cell:
 
     @property
     def dynamic(self) -> bool:
-        """Decides at run time (per sample): MACs come from real runs, and sampling goes one image at a time."""
-        return self.accelerator.dynamic
+        """Decides at run time: MACs come from real runs (and a controller or a batch-reading peer samples one
+        image at a time)."""
+        return self.accelerator.dynamic or self.accelerator.attaches_peer
 
     def sample(self, pipe, engine, conditions, seeds):
         def one_call(c, s):
@@ -173,7 +237,7 @@ class Cell:
                                        guidance_scale=self.model_cfg["guidance_scale"])
 
         with torch.inference_mode():
-            if engine.controller is None:
+            if not engine.per_image:
                 return one_call(conditions, seeds)
             images = [one_call([c], [s]) for c, s in zip(conditions, seeds)]
             return None if images[0] is None else torch.cat(images)

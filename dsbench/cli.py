@@ -186,11 +186,11 @@ def cmd_finetune_sparsedit(args):
 
 def cmd_match_macs(args):
     from dsbench.cell import Cell
-    from dsbench.measure import match_macs, predict_macs
+    from dsbench.measure import cell_macs, match_macs
 
     cfg = _config(args)
-    target = predict_macs(Cell(cfg, args.model, args.target))
-    value, macs = match_macs(cfg, args.model, args.method, args.key, target, args.lo, args.hi, args.tol)
+    target = cell_macs(Cell(cfg, args.model, args.target))
+    value, macs = match_macs(cfg, args.model, args.method, args.key, target, args.lo, args.hi, args.tol, args.iterations)
     print(f"{args.method}.{args.key} = {value:.6g}: macs_c1 {macs / 1e9:.6g} G vs {args.target} "
           f"{target / 1e9:.6g} G ({(macs / target - 1) * 100:+.2f} %)")
 
@@ -207,6 +207,25 @@ def cmd_train_schedule(args):
         how = f"{len(last)} iterations, last loss {last[-1]['loss']:.4f}"
     print(f"{args.out}: mean sparsity {sched.mean_sparsity():.4f} over {sched.meta['items']} items; {how}; "
           f"{sched.meta['train_seconds']} s")
+
+
+def cmd_calibrate_peer(args):
+    from dsbench.peer_calibration import calibrate_cell
+
+    rec = calibrate_cell(_cell(args), args.out, force=args.force)
+    r = rec["mag_ratios"]
+    print(f"{args.out}: {len(r)} magnitude ratios ({min(r):.4f} … {max(r):.4f}) on {rec['conditions']['count']} "
+          f"{rec['conditions']['dataset']} conditions")
+
+
+def cmd_pareto(args):
+    from dsbench.pareto import write_pareto
+    from methods.registry import METHODS
+
+    cfg = _config(args)
+    kinds = {v: getattr(METHODS[spec["method"]], "library", "ours") for v, spec in cfg["methods"].items()}
+    csv = Path(args.root) / f"{args.model}.csv"
+    print(write_pareto(csv, kinds, args.out, title=f"{args.model}: speed and quality of every method"))
 
 
 def cmd_heatmap(args):
@@ -335,6 +354,11 @@ def parser() -> argparse.ArgumentParser:
                    "(method, plan keys, finetune); recorded in the provenance's command")
     s.add_argument("--out", required=True, help="folder for transformer/, provenance.json and loss.csv")
     s.add_argument("--force", action="store_true", help="train over a finished fine-tune")
+    s = verb("calibrate-peer", cmd_calibrate_peer, "measure a calibrated peer's statistics (MagCache's magnitude "
+             "ratios) with the peer's own calibration mode, on conditions disjoint from the evaluated ones",
+             method=True)
+    s.add_argument("--out", required=True, help="the calibration JSON (results/peers/{model}/{variant}.json)")
+    s.add_argument("--force", action="store_true", help="measure over an existing calibration")
     s = verb("match-macs", cmd_match_macs, "the setting of a variant that matches another variant's predicted "
              "MACs (e.g. ToCa's fresh_ratio at a DiffSparse schedule's MACs)", method=True)
     s.add_argument("--target", required=True, help="the variant whose MACs to match")
@@ -342,12 +366,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--lo", type=float, default=0.0)
     s.add_argument("--hi", type=float, default=1.0)
     s.add_argument("--tol", type=float, default=0.005, help="relative tolerance (default 0.5 %%)")
+    s.add_argument("--iterations", type=int, default=30, help="most bisection steps (default 30)")
     s = verb("heatmap", cmd_heatmap, "Figure 3: a schedule's per-sub-layer heatmap (layers × steps, as the paper)",
              method=True)
     s.add_argument("--out", required=True)
     s.add_argument("--view", choices=["paper", "steps"], default="paper",
                    help="paper (default): x = layers, y = steps 1 … T-1, colour = sparsity, as the paper's Figure 3; "
                         "steps: x = steps 0 … T-1, y = blocks, colour = fraction of tokens recomputed")
+    s = verb("pareto", cmd_pareto, "Pareto plots of a model (after aggregate): speedup and MACs against FID and "
+             "LPIPS, every method and peer a point")
+    s.add_argument("--root", default="results")
+    s.add_argument("--out", required=True)
     s = verb("grid", cmd_grid, "a PNG of a model's first samples, one row per method (after generate)")
     s.add_argument("--methods", help="comma-separated variants (default: the model's methods)")
     s.add_argument("-n", type=int, default=12, help="samples per row")

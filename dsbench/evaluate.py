@@ -8,6 +8,7 @@ import numpy as np
 
 from dsbench.cell import Cell
 from dsbench.samples import (StaleShardError, check_cell, identity_difference, iter_images, read_shard, sample_seed,
+                             with_progress,
                              shard_path, shard_ranges)
 from models.registry import get_preset
 
@@ -87,14 +88,16 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         adm_ref, extractor = adm
         own = cell.model_cfg["reference"] == "shapes_adm"  # the batch itself (small): no P/R feature cache
         expected = None if cell.model_cfg.get("allow_partial") else n
-        r = adm_metrics(iter_images(folder, n, shard), adm_ref, extractor, dev, expected_n=expected,
+        batches = with_progress(iter_images(folder, n, shard), n, f"evaluate {cell.method}: ADM suite")
+        r = adm_metrics(batches, adm_ref, extractor, dev, expected_n=expected,
                         ref_cache=None if own else reference)
         out |= {k: r[k] for k in ("fid", "sfid", "inception_score", "precision", "recall", "n_samples", "n_ref_pr")}
         out |= {"fid_n_ref": adm_ref.n_stats if own else "adm-stats", "fid_network": r["network_id"],
                 "adm_reference": r["reference_id"]}
     elif with_fid:
         stats = FeatureStats()
-        for f in image_features(iter_images(folder, n, shard), fid_net, dev, resolution=res):
+        batches = with_progress(iter_images(folder, n, shard), n, f"evaluate {cell.method}: FID features")
+        for f in image_features(batches, fid_net, dev, resolution=res):
             stats.update(f)
         out |= {"n_samples": stats.n, "fid": frechet_distance(stats, ref), "fid_n_ref": ref[2],
                 "fid_network": fid_net.network_id}
@@ -121,7 +124,8 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     if k:
         base = Path(samples_root) / "samples" / cell.model / "none"
         fid_ = Fidelity(lpips_net, dev)
-        for a, b in zip(iter_images(folder, n, shard, limit=k), iter_images(base, n, shard, limit=k)):
+        ours = with_progress(iter_images(folder, n, shard, limit=k), k, f"evaluate {cell.method}: fidelity to none")
+        for a, b in zip(ours, iter_images(base, n, shard, limit=k)):
             fid_.update(a, b)
         fidelity = fid_.compute()
         out |= {"psnr": fidelity["psnr"], "ssim": fidelity["ssim"], "lpips": fidelity["lpips"],

@@ -80,16 +80,22 @@ def generate(cell: Cell, out_dir: str | Path | None = None, shards: list[int] | 
     pipe = cell.build_pipeline()
     meta = shard_meta(cell, identity)
     batch = cell.batch_size
-    with cell.accelerated(pipe) as engine:
-        for k in tqdm(todo, desc=f"{cell.model}/{cell.method}", disable=not progress):
+    total = sum(len(ranges[k]) for k in todo)
+    with cell.accelerated(pipe) as engine, tqdm(total=total, desc=f"generate {cell.model}/{cell.method}",
+                                                unit="sample", disable=not progress) as bar:
+        for k in todo:
             path = shard_path(out_dir, k)
             with shard_lock(path):
                 if missing_shards(cell, out_dir, [k], identity) == []:
+                    bar.update(len(ranges[k]))
                     continue  # another generator wrote it while this one waited
                 idx = list(ranges[k])
                 seeds = [sample_seed(identity["base_seed"], i) for i in idx]
-                images = [cell.sample(pipe, engine, [conditions[i] for i in idx[j:j + batch]], seeds[j:j + batch])
-                          for j in range(0, len(idx), batch)]
+                images = []
+                for j in range(0, len(idx), batch):
+                    images.append(cell.sample(pipe, engine, [conditions[i] for i in idx[j:j + batch]],
+                                              seeds[j:j + batch]))
+                    bar.update(len(images[-1]))
                 write_shard(path, np.concatenate([im.numpy() for im in images]), idx, seeds, meta)
     return [shard_path(out_dir, k) for k in shards]
 

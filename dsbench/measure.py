@@ -15,23 +15,44 @@ def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
         device, images = (cell.config["device"], max(images, min(cell.num_samples, 8))) if cell.dynamic \
             else ("meta", images)
     meta = device == "meta"
+    if meta and cell.accelerator.attaches_peer:
+        raise ValueError(f"{cell.method}: a peer cache decides on the values it sees, which the meta device has "
+                         "not; count it on a real device (dsbench macs --device auto)")
     pipe = cell.build_pipeline(device=None if meta else device, meta=meta)
     conds = cell.conditions()[:images] if not meta else _dummy_conditions(cell, images)
     from dsbench.samples import sample_seed
 
-    with cell.accelerated(pipe) as engine, counter(cell.adapter.denoiser(pipe)) as tally:
-        cell.sample(pipe, engine, conds, [sample_seed(cell.config["seed"], i) for i in range(images)])
+    seeds = [sample_seed(cell.config["seed"], i) for i in range(images)]
+    denoiser = cell.adapter.denoiser(pipe)
+    peer, blocks = {}, None
+    if cell.accelerator.attaches_peer:  # what each block costs when it runs: one plain run, one image a call
+        names = {id(m): n for n, m in denoiser.named_modules()}
+        blocks = {names[id(b)]: b for g in cell.adapter.groups for b in cell.adapter.group_blocks(pipe, g)}
+        with counter(denoiser, whole_run=True, blocks=blocks) as plain, torch.inference_mode():
+            cell.adapter.sample(pipe, conds[:1], seeds[:1], num_steps=cell.num_steps,
+                                guidance_scale=cell.model_cfg["guidance_scale"])
+    with cell.accelerated(pipe) as engine, \
+            counter(denoiser, whole_run=cell.accelerator.attaches_peer, blocks=blocks) as tally:
+        cell.sample(pipe, engine, conds, seeds)
         runs = list(engine.controller.runs) if engine.controller is not None else None
-        planned = engine.plan.full_steps()
+        planned = engine.plan.full_steps() if engine.plan is not None else None
+        stats = engine.stats() if cell.accelerator.attaches_peer else {}
+    if cell.accelerator.attaches_peer:  # the tally is complete once its context has closed
+        from metrics.macs import blocks_computed
+
+        peer = {"blocks_computed_per_call": blocks_computed(tally, plain, list(blocks)),
+                "blocks": cell.adapter.layout(pipe).total_blocks, **stats}
     per_image = tally.per_image(images, cell.adapter.cfg_branches(cell.model_cfg["guidance_scale"]))
     # DiT's own convention too (SparseDiT's paper reports it), where every forward runs whole: a cache's
     # forwards differ step by step, and one per-forward figure would not describe them.
-    if meta and cell.adapter.family == "dit" and len(planned) == cell.num_steps:
+    if meta and cell.adapter.family == "dit" and planned is not None and len(planned) == cell.num_steps:
         extra_paper = _paper_figures(cell.adapter.denoiser(pipe), pipe.scheduler.timesteps)
     else:
         extra_paper = {}
     # One entry per sample and denoiser stream (Wan: cond and uncond decide apart).
     extra = {"images": images, "full_steps_mean": sum(runs) / len(runs), "full_steps": runs} if runs else {}
+    if peer:
+        extra = {"images": images, **peer}
     return {"model": cell.model, "method": cell.method, "device": device, "num_steps": cell.num_steps,
             **per_image, **extra, **extra_paper, "plan_full_steps": planned, "macs_by_op": {k: v / images for k, v in tally.per_op.items()},
             "convention": {"macs_c1": "linear+conv of the denoiser, per image, one CFG branch",
@@ -63,6 +84,9 @@ def predict_macs(cell: Cell) -> float:
     from methods.plan import GroupPlan, Plan
     from metrics.macs import module_costs, predict_c1
 
+    if cell.accelerator.attaches_peer:
+        raise ValueError(f"{cell.method}: a peer cache has no plan to predict from; its MACs are counted from "
+                         "real runs (dsbench macs --device auto)")
     if cell.accelerator.replaces_denoiser:
         raise ValueError(f"{cell.method}: MAC prediction calibrates one cost per module, but SparseDiT's change "
                          f"with each step's sparse grid; count them instead (dsbench macs --device meta)")
@@ -134,23 +158,31 @@ def measure_latency(config: dict, model: str, methods: list[str], threads: int |
             "methods": {m: {**timings[m], **sp[m]} for m in methods}}
 
 
+def cell_macs(cell: Cell) -> float:
+    """`macs_c1` of a cell: predicted from its plan, or, for a method that decides at run time (DiCache, the
+    peers), counted on real runs (the mean over up to 8 samples)."""
+    return count_macs(cell, "auto")["macs_c1"] if cell.dynamic else predict_macs(cell)
+
+
 def match_macs(config: dict, model: str, variant: str, key: str, target: float, lo: float, hi: float,
                tol: float = 0.005, max_iter: int = 30) -> tuple[float, float]:
-    """The value of setting `key` of `variant` whose predicted macs_c1 is within `tol` (relative) of
-    `target`, by bisection on [lo, hi] (MACs must grow with the setting, like ToCa's fresh_ratio).
-    Returns (value, its MACs); ValueError if [lo, hi] does not bracket the target. So methods can be
-    compared at the same counted MACs, as DiffSparse's Table 1 does."""
+    """The value of setting `key` of `variant` whose macs_c1 is within `tol` (relative) of `target`, by
+    bisection on [lo, hi]; MACs may grow with the setting (ToCa's fresh_ratio) or shrink (a peer's
+    threshold). Returns (value, its MACs); ValueError if [lo, hi] does not bracket the target. So methods
+    can be compared at the same MACs, as DiffSparse's Table 1 does. A run-time method's MACs are counted,
+    so they move in steps: the closest value found is returned when no value is within `tol`."""
     import copy
 
     def macs(value: float) -> float:
         cfg = copy.deepcopy(config)
         cfg["methods"][variant] = {**cfg["methods"][variant], key: value}
-        return predict_macs(Cell(cfg, model, variant))
+        return cell_macs(Cell(cfg, model, variant))
 
     m_lo, m_hi = macs(lo), macs(hi)
-    if not m_lo <= target <= m_hi:
+    if not min(m_lo, m_hi) <= target <= max(m_lo, m_hi):
         raise ValueError(f"{variant}.{key} in [{lo}, {hi}] gives {m_lo:.4g}–{m_hi:.4g} MACs; the target "
                          f"{target:.4g} is outside")
+    rising = m_hi >= m_lo
     best = min(((lo, m_lo), (hi, m_hi)), key=lambda p: abs(p[1] - target))
     for _ in range(max_iter):
         if abs(best[1] - target) <= tol * target:
@@ -158,5 +190,5 @@ def match_macs(config: dict, model: str, variant: str, key: str, target: float, 
         mid = (lo + hi) / 2
         m = macs(mid)
         best = min((best, (mid, m)), key=lambda p: abs(p[1] - target))
-        lo, hi = (mid, hi) if m < target else (lo, mid)
+        lo, hi = (mid, hi) if (m < target) == rising else (lo, mid)
     return best

@@ -138,6 +138,16 @@ def check_cell(folder: str | Path, num_samples: int, shard_size: int, expected: 
         check_identity(shard_path(folder, k), expected)
 
 
+def with_progress(batches, total: int, desc: str, enabled: bool = True):
+    """The same batches, with a tqdm bar counting their samples (rate and ETA) on stderr."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="sample", disable=not enabled) as bar:
+        for b in batches:
+            yield b
+            bar.update(len(b))
+
+
 def iter_images(folder: str | Path, num_samples: int, shard_size: int, limit: int | None = None):
     """uint8 image batches of a cell, shard by shard, in sample order (never all in memory at once)."""
     left = num_samples if limit is None else min(limit, num_samples)

@@ -168,6 +168,18 @@ def finetune_sparsedit(config: dict, model: str, method: str) -> dict:
                   untracked=[f"methods.{method}.weights", *(["device"] if cpu else [])])
 
 
+def calibrate_peer(config: dict, model: str, method: str) -> dict:
+    """A peer's calibration (MagCache's ratios): the model's sampling and its training conditions, seed,
+    device, dtype, and the variant. Untracked: the variant's run-time knobs (thresholds), which the
+    calibration run does not read."""
+    m = config["models"][model]
+    knobs = ("threshold", "max_skip_steps", "retention_ratio")
+    return _slice("calibrate_peer", config, ("seed", "device", "dtype", "resources"), model,
+                  (*SAMPLING, "train_dataset"), [method],
+                  untracked=[*(f"methods.{method}.{k}" for k in knobs),
+                             *([] if _dataset_under_resources(m.get("train_dataset", m["dataset"])) else ["resources"])])
+
+
 def heatmap(config: dict, model: str, method: str) -> dict:
     """Figure 3 of a schedule (its file is the input): the model's layout (SAMPLING) and the variant."""
     return _slice("schedule_heatmap", config, ("seed", "device", "dtype"), model, SAMPLING, [method])
@@ -179,6 +191,11 @@ def grid(config: dict, model: str) -> dict:
     are shown (their sample identity: SAMPLING, seed, device, dtype)."""
     return _slice("sample_grid", config, RUN, model, (*SAMPLING, "num_samples"),
                   config["models"][model]["methods"])
+
+
+def pareto(config: dict, model: str) -> dict:
+    """A model's Pareto plots: its CSV (the input) and which library each variant's method belongs to."""
+    return _slice("pareto", config, (), model, (), config["models"][model]["methods"])
 
 
 # ---- the trigger, and the verbs' side -----------------------------------------------------------------

@@ -126,6 +126,7 @@ METRIC_FORMATS: dict[str, MetricFormat] = {
     "vbench_semantic": MetricFormat("VBench Semantic", 2),
     "image_reward": MetricFormat("ImageReward", 3),
     "latency_s": MetricFormat("Latency (s)", 3),
+    "blocks_per_call": MetricFormat("Blocks/call", 2),   # counted: block equivalents computed per denoiser call
 }
 _DEFAULT_FORMAT_DECIMALS = 3
 
@@ -343,6 +344,17 @@ def _speedup_flag_notes(df: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _with_sections(df: pd.DataFrame):
+    """(row, the section title that starts before it, or None) in order: a row spec's `section` starts a
+    titled group of rows (e.g. the peers' caches) that runs until the next one."""
+    previous = None
+    for _, rec in df.iterrows():
+        section = rec.get("section")
+        section = None if _is_missing(section) else section
+        yield rec, section if section != previous else None
+        previous = section
+
+
 def _render_markdown(table_name: str, df: pd.DataFrame, layout: list[_Col],
                      notes: Sequence[str]) -> str:
     header = ["Method"] + [c.title for c in layout]
@@ -351,7 +363,9 @@ def _render_markdown(table_name: str, df: pd.DataFrame, layout: list[_Col],
              "| " + " | ".join(_md_escape(h) for h in header) + " |",
              "| " + " | ".join(align) + " |"]
     any_missing = False
-    for _, rec in df.iterrows():
+    for rec, section in _with_sections(df):
+        if section is not None:
+            lines.append("| " + " | ".join([f"*{_md_escape(section)}*"] + [""] * len(layout)) + " |")
         cells = [_md_escape(rec["label"])]
         for c in layout:
             text = format_value(c.metric, rec[c.key])
@@ -396,7 +410,10 @@ def _render_latex(table_name: str, df: pd.DataFrame, layout: list[_Col], notes: 
     out.append(" ".join(rules))
     out.append(" & ".join([""] + [c.source for c in layout]) + r" \\")
     out.append(r"\midrule")
-    for _, rec in df.iterrows():
+    for rec, section in _with_sections(df):
+        if section is not None:
+            out.append(r"\midrule")
+            out.append(rf"\multicolumn{{{len(layout) + 1}}}{{l}}{{\emph{{{latex_escape(section)}}}}} \\")
         cells = [latex_escape(rec["label"])]
         for c in layout:
             text = format_value(c.metric, rec[c.key], latex=True)
@@ -437,7 +454,7 @@ def render_table(
         raise ValueError(f"latex_notes must be 'comment' or 'below', not {latex_notes!r}")
     notes = [str(n) for n in (notes or [])]
     columns = list(columns)
-    reserved = {"method", "label", "paper_row", "in_ours", *PROVENANCE_COLUMNS}
+    reserved = {"method", "label", "paper_row", "in_ours", "section", *PROVENANCE_COLUMNS}
     bad = [c for c in columns if c in reserved]
     if bad:
         raise ValueError(f"columns must be metrics, got reserved names {bad}")
@@ -496,8 +513,9 @@ def render_table(
         if _is_missing(label) or label == "":
             label = paper_rec["label"] if paper_rec is not None else method
 
+        section = spec.get("section", records[-1]["section"] if records else None)
         rec: dict[str, Any] = {"method": method, "label": str(label), "paper_row": paper_row,
-                               "in_ours": ours_rec is not None}
+                               "in_ours": ours_rec is not None, "section": section}
         for c in layout:
             if c.source == "paper":
                 pcol = counterparts[c.metric]
@@ -518,7 +536,7 @@ def render_table(
 
     spread_cols = [f"{k}_ours" for k in SPEEDUP_SPREAD_COLUMNS] + ["speedup_beyond_ideal", "speedup_flag"] \
         if spread else []
-    out_cols = ["method", "label", "paper_row", "in_ours"] + [c.key for c in layout] + spread_cols \
+    out_cols = ["method", "label", "paper_row", "in_ours", "section"] + [c.key for c in layout] + spread_cols \
         + list(PROVENANCE_COLUMNS)
     df = pd.DataFrame.from_records(records, columns=out_cols)
     for c in layout:

@@ -74,6 +74,10 @@ def accelerate(pipe, method: str, guidance_scale: float | None = None, **setting
     if m.replaces_denoiser:  # attaching hooks would run the pipeline's own network under this method's name
         raise ValueError(f"{method!r} replaces the pipeline's transformer: set pipe.transformer = "
                          f"make_method({method!r}, ...).denoiser(pipe, adapter) yourself (dsbench's cells do)")
+    if m.attaches_peer:  # another library's cache: our engine would run the plain model under its name
+        raise ValueError(f"{method!r} is {m.library}'s cache: attach it with make_method({method!r}, ...)"
+                         ".attach(pipe, adapter_for_pipeline(pipe), num_steps, guidance_scale), which returns a "
+                         "handle with reset() and detach()")
     if type(m).num_steps is not Method.num_steps:
         raise ValueError(f"{method!r} changes the number of sampling steps: pass num_inference_steps to the "
                          "pipeline yourself instead")

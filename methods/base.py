@@ -99,6 +99,9 @@ class Method:
     trained: ClassVar[bool] = False   # needs a trained artefact (a DiffSparse schedule) named in its settings
     replaces_denoiser: ClassVar[bool] = False  # runs its own network in place of the model's (SparseDiT): has
     #                                           denoiser(), denoiser_identity(), check_depth(), check_ready()
+    attaches_peer: ClassVar[bool] = False  # another library's cache, attached through its own API instead of our
+    #                                        engine (methods/peers): has attach(pipe, adapter, steps, guidance)
+    calibrated: ClassVar[bool] = False  # reads a calibration file made by rule calibrate_peer (MagCache's ratios)
     denoiser_families: ClassVar[tuple[str, ...]] = ()  # the model families whose denoiser it can replace (data:
     #                                                    the cell checks it, no method branches on a family)
     # A dataclass, the one place a method's settings are declared: names, types (checked by

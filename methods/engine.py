@@ -216,6 +216,11 @@ class Engine:
             self.attached = False
         self.reset()
 
+    @property
+    def per_image(self) -> bool:
+        """A run-time controller decides per sample: the cell samples one image per call."""
+        return self.controller is not None
+
     def for_samples(self, keys) -> None:
         """Tell the ranking which samples the next pipeline call draws (one key each, e.g. its seed), so
         per-sample random choices do not depend on the batch."""

@@ -8,6 +8,7 @@ from methods.diffsparse.method import DiffSparse
 from methods.duca import DuCa
 from methods.fora import FORA
 from methods.none import NoAcceleration
+from methods.peers import PEERS
 from methods.sparsedit import SparseDiT
 from methods.steps import StepReduction
 from methods.taylorseer import TaylorSeer
@@ -15,7 +16,7 @@ from methods.toca import ToCa
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (NoAcceleration, StepReduction, FORA, DeepCache, TaylorSeer, ToCa, DuCa, DiCache,
-                                   DiffSparse, SparseDiT)
+                                   DiffSparse, SparseDiT, *PEERS)
 }
 
 

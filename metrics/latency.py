@@ -52,7 +52,7 @@ def summarize(measurements: list[Measurement]) -> dict:
 
 def time_interleaved(runs: dict[str, Callable[[], object]], *, warmup: int = 0, repeats: int,
                      device: str | None = None, min_run_time: float = 0.0,
-                     threads: int | None = None) -> dict[str, dict]:
+                     threads: int | None = None, progress: bool = True) -> dict[str, dict]:
     """`runs` maps a name to a zero-argument callable that samples one batch; returns per-name timings
     (:func:`summarize`) over `repeats` interleaved rounds of one blocked_autorange each (module doc).
 
@@ -67,9 +67,14 @@ def time_interleaved(runs: dict[str, Callable[[], object]], *, warmup: int = 0, 
         for fn in runs.values():
             fn()
     measured: dict[str, list[Measurement]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, timer in timers.items():
-            measured[name].append(timer.blocked_autorange(min_run_time=min_run_time))
+    from tqdm import tqdm
+
+    with tqdm(total=repeats * len(timers), desc="latency", unit="run", disable=not progress) as bar:
+        for _ in range(repeats):
+            for name, timer in timers.items():
+                bar.set_postfix_str(name)
+                measured[name].append(timer.blocked_autorange(min_run_time=min_run_time))
+                bar.update()
     return {name: {**summarize(ms), "rounds": repeats, "threads": threads}
             for name, ms in measured.items()}
 

@@ -16,11 +16,9 @@ import contextlib
 from dataclasses import dataclass, field
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
 from torch.utils.flop_counter import FlopCounterMode
 
 LINEAR_CONV_OPS = {"mm", "addmm", "convolution", "_convolution"}
-_HOOK = "dsbench_mac_counter"
 
 
 def _op_name(op) -> str:
@@ -33,9 +31,13 @@ class MacTally:
     c1: float = 0.0              # Σ over calls of linear/conv MACs
     total: float = 0.0           # Σ over calls of all counted MACs
     per_op: dict[str, float] = field(default_factory=dict)
+    per_module: dict[str, float] = field(default_factory=dict)  # module name (FlopCounterMode's) -> Σ MACs
 
-    def add(self, counts: dict) -> None:
-        self.calls += 1
+    def add(self, counts: dict, modules: dict | None = None, calls: int = 1) -> None:
+        self.calls += calls
+        for name, ops in (modules or {}).items():
+            if name != "Global":
+                self.per_module[name] = self.per_module.get(name, 0.0) + sum(ops.values()) / 2
         for op, flops in counts.items():
             name = _op_name(op)
             macs = flops / 2
@@ -50,31 +52,99 @@ class MacTally:
                 "denoiser_calls": self.calls}
 
 
-class _CountingHook(ModelHook):
-    def __init__(self, tally: MacTally):
-        super().__init__()
-        self.tally = tally
+class _Counting:
+    """FlopCounterMode opened in a forward pre-hook of the denoiser and closed in its forward hook: plain torch
+    hooks, which wrap whatever `forward` is installed (diffusers' and cache-dit's caches replace it) without
+    replacing it themselves."""
 
-    def new_forward(self, module, *args, **kwargs):
+    def __init__(self, denoiser: torch.nn.Module, tally: MacTally):
+        self.tally, self._open = tally, []
+        self.handles = [denoiser.register_forward_pre_hook(self._before, with_kwargs=True),
+                        denoiser.register_forward_hook(self._after, always_call=True)]
+
+    def _before(self, module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        math_sdpa = (torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH)
-                     if hidden.device.type == "cpu" else contextlib.nullcontext())
-        with FlopCounterMode(display=False) as counter, math_sdpa:
-            out = self.fn_ref.original_forward(*args, **kwargs)
-        self.tally.add(counter.get_flop_counts()["Global"])
-        return out
+        stack = contextlib.ExitStack()
+        if hidden.device.type == "cpu":
+            stack.enter_context(torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH))
+        counter = stack.enter_context(FlopCounterMode(display=False))
+        self._open.append((stack, counter))
+
+    def _after(self, module, args, output):
+        stack, counter = self._open.pop()
+        stack.close()
+        counts = counter.get_flop_counts()
+        self.tally.add(counts["Global"], counts)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 @contextlib.contextmanager
-def count_macs(denoiser: torch.nn.Module):
-    """Context in which every denoiser call is counted; yields the running MacTally."""
+def count_macs(denoiser: torch.nn.Module, whole_run: bool = False, blocks: dict | None = None):
+    """Context in which every denoiser call is counted; yields the running MacTally.
+
+    `whole_run`: one FlopCounterMode open over everything run inside the context, and each denoiser call (and
+    each of `blocks`, name -> module) counted as the difference of its cumulative counts before and after the
+    call. For caches that re-enter the denoiser's modules from wrappers (cache-dit's CachedBlocks hold the
+    transformer as a child): a counter opened inside the denoiser's call first meets the wrapper and its module
+    tracker recurses into the cycle, and the tracker's own attribution to modules is not trusted there."""
     tally = MacTally()
-    registry = HookRegistry.check_if_exists_or_initialize(denoiser)
-    registry.register_hook(_CountingHook(tally), _HOOK)
+    if not whole_run:
+        counting = _Counting(denoiser, tally)
+        try:
+            yield tally
+        finally:
+            counting.remove()
+        return
+    counter = FlopCounterMode(display=False)
+    open_calls: list = []
+
+    def snapshot() -> dict:
+        return dict(counter.get_flop_counts().get("Global", {}))
+
+    def delta(before: dict) -> dict:
+        return {op: v - before.get(op, 0) for op, v in snapshot().items() if v != before.get(op, 0)}
+
+    def enter(*_):
+        open_calls.append(snapshot())
+
+    def leave_denoiser(*_):
+        tally.add(delta(open_calls.pop()))
+
+    def leave_block(name):
+        def leave(*_):
+            macs = sum(delta(open_calls.pop()).values()) / 2
+            tally.per_module[name] = tally.per_module.get(name, 0.0) + macs
+        return leave
+
+    handles = [denoiser.register_forward_pre_hook(enter), denoiser.register_forward_hook(leave_denoiser, always_call=True)]
+    for name, block in (blocks or {}).items():
+        handles += [block.register_forward_pre_hook(enter), block.register_forward_hook(leave_block(name), always_call=True)]
     try:
-        yield tally
+        with contextlib.ExitStack() as stack:
+            if next(denoiser.parameters()).device.type == "cpu":
+                stack.enter_context(torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH))
+            stack.enter_context(counter)
+            yield tally
     finally:
-        registry.remove_hook(_HOOK, recurse=False)
+        for h in handles:
+            h.remove()
+
+
+def blocks_computed(peer: MacTally, full: MacTally, blocks: list[str]) -> float:
+    """Mean blocks computed per denoiser call, in block equivalents: Σ over blocks of the MACs a block ran in
+    `peer`'s calls ÷ what it costs in one call of `full` (a plain run of the same batch shape), divided by
+    `peer`'s calls. A block a cache skips counts 0, a block whose attention alone was reused a fraction.
+    `blocks`: each block's name in both tallies' `per_module` (count_macs' `blocks`)."""
+    total = 0.0
+    for b in blocks:
+        one_call = full.per_module.get(b, 0.0) / max(full.calls, 1)
+        if one_call <= 0:
+            raise ValueError(f"block {b} ran no counted op in the plain run: cannot count its share")
+        total += peer.per_module.get(b, 0.0) / one_call
+    return total / max(peer.calls, 1)
 
 
 def module_costs(counts: dict, root: str, rows: int) -> dict[str, float]:

@@ -167,6 +167,7 @@ def one_group(name: str, *sublayers: tuple[str, str]) -> tuple[BlockGroup, ...]:
 
 class ModelAdapter:
     family: ClassVar[str]
+    latent_format: ClassVar[str] = "BCHW"  # the denoiser's latent layout, as diffusers' FasterCache names it
     # The model's block groups, in execution order (see BlockGroup).
     groups: ClassVar[tuple[BlockGroup, ...]]
 

@@ -68,6 +68,7 @@ def install_subset_attention(transformer) -> None:
 
 class Adapter(ModelAdapter):
     family = "wan"
+    latent_format = "BCFHW"
     groups = one_group("blocks", ("attn1", "self_attn"), ("attn2", "cross_attn"), ("ffn", "mlp"))
 
     def _assemble(self, scheduler, text: bool, folder=None):

@@ -1,4 +1,5 @@
 import json
+import sys
 
 from snakemake.utils import validate
 
@@ -36,8 +37,9 @@ wildcard_constraints:
 SCOPE_WILDCARDS = {"generate_shard": ("model", "method", "shard"), "reference_stats": ("model",),
                    "evaluate": ("model", "method"), "macs": ("model", "method"), "latency": ("model",),
                    "aggregate": ("model",), "render": ("table",), "train_schedule": ("model", "method"),
-                   "finetune_sparsedit": ("model", "method"),
-                   "heatmap": ("model", "method"), "grid": ("model",)}
+                   "finetune_sparsedit": ("model", "method"), "calibrate_peer": ("model", "method"),
+                   "heatmap": ("model", "method"), "grid": ("model",),
+                   "pareto": ("model",)}
 
 
 def _slice(kind, wildcards):
@@ -69,6 +71,14 @@ def reference_input(model):
 
 def model_methods(model):
     return config["models"][model]["methods"]
+
+
+def print_tables_served():
+    """One line per model at the start of a run: the tables its jobs (wildcard model=…) serve."""
+    for model in MODELS:
+        names = [t for t, spec in config["tables"].items() if spec["model"] == model]
+        print(f"jobs with model={model} serve: {', '.join(names) if names else f'results/{model}.csv only'}",
+              file=sys.stderr)
 
 
 def table_output(name):

@@ -43,7 +43,9 @@ rule aggregate:
         macs=lambda wc: expand("results/macs/{{model}}/{method}.json", method=model_methods(wc.model)),
         metrics=lambda wc: expand("results/metrics/{{model}}/{method}.json", method=model_methods(wc.model)),
         latency="results/latency/{model}.json",
-    output: "results/{model}.csv"
+    output:
+        report("results/{model}.csv", caption="../report/results.rst", category="Results per model",
+               labels={"model": "{model}"})
     params: config=scoped_config("aggregate"), scope=scoped_trigger("aggregate")
     log: "logs/aggregate/{model}.log"
     shell: "dsbench aggregate --config {params.config:q} --model {wildcards.model} --out {output} > {log} 2>&1"

@@ -27,9 +27,33 @@ def sparsedit_inputs(model, methods):
     return [p for p in paths if os.path.isfile(p)]
 
 
+CALIBRATED = {"diffusers_magcache"}  # peers that read a calibration (methods/peers: `calibrated`)
+
+
+def calibration_inputs(model, methods):
+    """The calibration files the given peer variants read: rule calibrate_peer makes them, unless the variant
+    gives its ratios (mag_ratios) or its own file (calibration)."""
+    out = []
+    for m in methods:
+        v = config["methods"][m]
+        if v["method"] in CALIBRATED and v.get("mag_ratios") is None:
+            out.append(v.get("calibration") or f"results/peers/{model}/{m}.json")
+    return out
+
+
 def method_inputs(model, methods):
-    """Every artefact the given variants of `model` read: DiffSparse schedules, SparseDiT weights."""
-    return schedule_inputs(model, methods) + sparsedit_inputs(model, methods)
+    """Every artefact the given variants of `model` read: DiffSparse schedules, SparseDiT weights, peers'
+    calibrations."""
+    return schedule_inputs(model, methods) + sparsedit_inputs(model, methods) + calibration_inputs(model, methods)
+
+
+rule calibrate_peer:
+    # MagCache's magnitude ratios, with diffusers' own calibration mode (dsbench/peer_calibration.py)
+    output: "results/peers/{model}/{method}.json"
+    params: config=scoped_config("calibrate_peer"), scope=scoped_trigger("calibrate_peer")
+    resources: gpu=1
+    log: "logs/calibrate_peer/{model}/{method}.log"
+    shell: "dsbench calibrate-peer --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --out {output} --force > {log} 2>&1"
 
 
 rule train_schedule:
@@ -47,7 +71,9 @@ rule schedule_heatmap:
     # Figure 3 of the paper from any trained schedule, drawn as the paper does: x = layers, y = steps 1 … T-1
     # (step 0 always computes in full), colour = sparsity. `dsbench heatmap --view steps` draws steps × blocks.
     input: "results/schedules/{model}/{method}.safetensors"
-    output: "results/figures/{model}/{method}_schedule.png"
+    output:
+        report("results/figures/{model}/{method}_schedule.png", caption="../report/heatmap.rst",
+               category="Figure 3 heatmaps", labels={"model": "{model}", "variant": "{method}"})
     params: config=scoped_config("heatmap"), scope=scoped_trigger("heatmap")
     log: "logs/heatmap/{model}/{method}.log"
     shell: "dsbench heatmap --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --out {output} > {log} 2>&1"

@@ -1,4 +1,4 @@
-localrules: render_table, sample_grid, smoke, all
+localrules: render_table, sample_grid, pareto, smoke, all
 
 
 rule render_table:
@@ -6,7 +6,11 @@ rule render_table:
         cell=lambda wc: f"results/{config['tables'][wc.table]['model']}.csv",
         # The paper's numbers ship with the code, so they are read from the repo even under --directory.
         paper=lambda wc: [p for p in [PAPER_DIR / f"{wc.table}.csv"] if p.exists()],
-    output: table_output("{table}")
+    output:
+        csv=report("results/tables/{table}.csv", caption="../report/table.rst", category="Tables",
+                   labels={"table": "{table}"}),
+        md="results/tables/{table}.md",
+        tex="results/tables/{table}.tex",
     wildcard_constraints: table="table[0-9a-z_]+"
     params:
         config=scoped_config("render"),
@@ -27,10 +31,24 @@ for _table in config["tables"]:
 rule sample_grid:
     # The first samples of every method of a model, one row each (the proxies add a row of real data).
     input: lambda wc: [s for m in model_methods(wc.model) for s in shards(wc.model, m)]
-    output: "results/grids/{model}.png"
+    output:
+        report("results/grids/{model}.png", caption="../report/grid.rst", category="Sample grids",
+               labels={"model": "{model}"})
     params: config=scoped_config("grid"), scope=scoped_trigger("grid")
     log: "logs/grid/{model}.log"
     shell: "dsbench grid --config {params.config:q} --model {wildcards.model} --real -n 12 --out {output} > {log} 2>&1"
+
+
+rule pareto:
+    # Speedup and MACs against FID and LPIPS, every method and peer a point, the Pareto front drawn.
+    input: "results/{model}.csv"
+    output:
+        report("results/figures/{model}_pareto.png", caption="../report/pareto.rst", category="Pareto plots",
+               labels={"model": "{model}"})
+    wildcard_constraints: model="[^/]+"
+    params: config=scoped_config("pareto"), scope=scoped_trigger("pareto")
+    log: "logs/pareto/{model}.log"
+    shell: "dsbench pareto --config {params.config:q} --model {wildcards.model} --out {output} > {log} 2>&1"
 
 
 rule smoke:
@@ -39,6 +57,7 @@ rule smoke:
     input:
         [table_output(t) for t in config["tables"]],
         expand("results/grids/{model}.png", model=MODELS),
+        expand("results/figures/{model}_pareto.png", model=MODELS),
         [f"results/figures/{m}/{v}_schedule.png" for m in MODELS for v in trained_variants(m)],
 
 
