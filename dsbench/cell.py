@@ -100,16 +100,8 @@ class Cell:
         was measured on this model's sampling (same model, steps and weights)."""
         from dsbench.provenance import weights_id
 
-        from methods.peers import PeerUnsupported
-
-        accel, family = self.accelerator, self.adapter.family
-        if family in accel.unsupported:
-            raise PeerUnsupported(f"{accel.name} ({accel.library}) does not run on {family} models: "
-                                  f"{accel.unsupported[family]}")
-        if accel.library == "cache-dit":
-            from methods.peers.cachedit import import_cache_dit
-
-            import_cache_dit()
+        self.check_peer_family()
+        accel = self.accelerator
         if accel.calibrated and accel.config.mag_ratios is None:
             from methods.peers.calibration import read_calibration_meta
 
