@@ -68,7 +68,10 @@ def cmd_macs(args):
     else:
         print(f"# {args.model} / {args.method}: {result['num_steps']} steps, {result['denoiser_calls']} denoiser "
               f"calls, per image ({result['device']})")
-        if "full_steps_mean" in result:
+        if "blocks_computed_per_call" in result:    # a peer: what its library decided, counted per call
+            print(f"# decided by the library at run time: {result['images']} samples, "
+                  f"{result['blocks_computed_per_call']:.2f} of {result['blocks']} blocks computed per call")
+        elif "full_steps_mean" in result:
             print(f"# decided at run time: mean over {result['images']} samples, "
                   f"{result['full_steps_mean']:.2f} full steps on average")
         else:

@@ -218,6 +218,23 @@ def test_peer_macs_are_counted_from_the_run():
         count_macs(Cell(cfg, "tiny_pixart", "fbc"), "meta")
 
 
+def test_macs_verb_counts_a_peer_on_a_real_run(tmp_path, capsys):
+    """`dsbench macs --device auto` (rule macs) counts a peer on real runs and says what it decided."""
+    import json
+
+    from dsbench.cli import main
+
+    cfg = _config()
+    cfg["device"], cfg["tables"] = "cpu", {}   # _config's model runs the peers, not the tables' rows
+    out = tmp_path / "fbc.json"
+    assert main(["macs", "--config", json.dumps(cfg), "--model", "tiny_pixart", "--method", "fbc",
+                 "--device", "auto", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and result["plan_full_steps"] is None
+    printed = capsys.readouterr().out
+    assert f"{result['blocks_computed_per_call']:.2f} of 4 blocks computed per call" in printed
+
+
 def test_parse_ratios_reads_the_printed_lists():
     from dsbench.peer_calibration import parse_ratios
 
