@@ -80,6 +80,21 @@ def _sparsedit_rows(config: dict, name: str, label: str) -> list[dict]:
     return rows
 
 
+def _peer_rows(config: dict, name: str, label: str) -> list[dict]:
+    """The peer libraries the model's variants attach that are optional extras (cache-dit)."""
+    import importlib.util
+
+    from methods.peers.cachedit import EXTRA
+    from methods.registry import METHODS
+
+    libraries = {getattr(METHODS[config["methods"][v]["method"]], "library", None)
+                 for v in config["models"][name]["methods"]}
+    if "cache-dit" not in libraries:
+        return []
+    return [_row("cache-dit (peer rows)", label, "python package cache_dit",
+                 importlib.util.find_spec("cache_dit") is not None, EXTRA)]
+
+
 def _metric_rows(config: dict, name: str, label: str) -> list[dict]:
     import torch.hub
 
@@ -169,10 +184,11 @@ def check(config: dict, models=None) -> list[dict]:
     in_tables = set()
     for tname, table in config["tables"].items():
         in_tables.add(table["model"])
-        add(_model_rows(config, table["model"], tname) + _metric_rows(config, table["model"], tname))
+        add(_model_rows(config, table["model"], tname) + _peer_rows(config, table["model"], tname)
+            + _metric_rows(config, table["model"], tname))
     for name in config["models"]:
         if name not in in_tables:
-            add(_model_rows(config, name, name) + _metric_rows(config, name, name))
+            add(_model_rows(config, name, name) + _peer_rows(config, name, name) + _metric_rows(config, name, name))
     if models is None and any(m["source"] == "real" for m in config["models"].values()):
         add(_paper_only_rows(config))
     return rows

@@ -45,8 +45,19 @@ def test_doctor_lists_what_is_missing_and_how_to_get_it(empty_hf_cache):
     assert {r["needed_by"] for r in rows} == {"table1", "table2", "table3", "table4", "table9"}
     assert check(config_mod.load(REPO / "tests" / "tiny.yaml")) == []  # tiny runs need nothing external
     proxy_rows = check(config_mod.load(REPO / "tests" / "smoke.yaml"))  # the proxies: only committed weights
-    assert {r["needed_by"] for r in proxy_rows} == {"table1", "table2"}
-    assert all(r["present"] for r in proxy_rows), report(proxy_rows)
+    assert {r["needed_by"] for r in proxy_rows} == {"table1", "table2"}   # ... and cache-dit for the peer rows,
+    assert all(r["present"] for r in proxy_rows), report(proxy_rows)     # listed once, under the first table
+    assert [r["needed_by"] for r in proxy_rows if r["what"] == "cache-dit (peer rows)"] == ["table1"]
+
+
+def test_doctor_names_the_extra_when_cache_dit_is_missing(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cache_dit" else find_spec(name, *a))
+    text = report(check(config_mod.load(REPO / "tests" / "smoke.yaml")))
+    assert "[MISSING] table1   cache-dit (peer rows)" in text and 'get it: pip install -e ".[peers]"' in text
+    assert text.endswith("1 missing")
 
 
 def test_structure_of_the_adapters():
@@ -94,6 +105,9 @@ def test_doctor_cli_tables_1_to_4_and_9_missing_then_present(empty_hf_cache, tmp
                    "sparsedit_xl_2_256"):
         assert needle in out, needle
     rows = check(config_mod.load(tmp_path / "c.yaml"))
+    peers = [r for r in rows if r["what"] == "cache-dit (peer rows)"]   # an installed package, not a file
+    assert [r["how"] for r in peers] == ['pip install -e ".[peers]"'] and peers[0]["present"]
+    rows = [r for r in rows if r not in peers]
     assert not any(r["present"] for r in rows)
     assert all(r["how"] for r in rows)
     hub = empty_hf_cache / "hub"

@@ -191,10 +191,45 @@ def test_every_cache_scores_a_worse_fid_than_the_full_dit_proxy(smoke_run):
     full = float(rows["none"]["fid"])
     caches = [m for m in _SMOKE["models"]["proxy_dit"]["methods"]
               if _SMOKE["methods"][m]["method"] not in ("none", "steps", "sparsedit")]   # SparseDiT: not a cache
-    assert len(caches) == 7                                   # FORA ... DiffSparse: none left out by accident
+    assert len(caches) == 7 + 4                               # FORA ... DiffSparse and the 4 peers: none left out
     caches += [m for m in _SMOKE["models"]["proxy_dit"]["methods"] if _SMOKE["methods"][m]["method"] == "sparsedit"]
     for method in caches:
         assert float(rows[method]["fid"]) > full, f"{method}: FID {rows[method]['fid']} <= full model's {full}"
+
+
+PEER_TABLES = ["table1", "table2", "table3"]    # both proxies and the tiny Wan
+
+
+@pytest.mark.parametrize("table", PEER_TABLES)
+def test_smoke_peer_rows_are_counted_and_measured(smoke_run, table):
+    """Each of the three models runs diffusers' FirstBlockCache, TaylorSeerCache and MagCache and cache-dit's
+    DBCache as rows of its table (a section of their own), with MACs counted on real runs (blocks computed per
+    call, cache-dit's own summary) and every column of the table measured."""
+    import json
+
+    model = TABLES[table]
+    peers = {v: _SMOKE["methods"][v]["method"] for v in _SMOKE["models"][model]["methods"]
+             if METHODS[_SMOKE["methods"][v]["method"]].attaches_peer}
+    assert sorted(peers.values()) == ["cachedit_dbcache", "diffusers_fbc", "diffusers_magcache", "diffusers_taylorseer"]
+    rows, cells = _rows(smoke_run / "results" / "tables" / f"{table}.csv"), _rows(smoke_run / "results" / f"{model}.csv")
+    md = (smoke_run / "results" / "tables" / f"{table}.md").read_text(encoding="utf-8")
+    first = next(r for r in _SMOKE["tables"][table]["rows"] if r["method"] in peers)
+    assert f"*{first['section']}*" in md and rows[first["method"]]["section"] == first["section"]
+    for variant, method in peers.items():
+        for column in _SMOKE["tables"][table]["columns"]:
+            value = float(rows[variant][f"{column}_ours"])
+            assert math.isfinite(value) and value > 0, f"{variant}: {column} = {value}"
+        macs = json.loads((smoke_run / "results" / "macs" / model / f"{variant}.json").read_text())
+        assert macs["device"] == "cpu" and macs["plan_full_steps"] is None and macs["images"] == 8
+        assert 1 <= macs["blocks_computed_per_call"] <= macs["blocks"], variant
+        assert float(cells[variant]["blocks_per_call"]) == pytest.approx(macs["blocks_computed_per_call"])
+        assert float(cells[variant]["macs_c1_G"]) < float(cells["none"]["macs_c1_G"]), variant
+        if method == "cachedit_dbcache":
+            assert macs["cache_dit_summary"] and "accumulated_executed_steps" in macs["cache_dit_summary"][0]
+        if method == "diffusers_magcache":       # calibrated by diffusers' own mode, on the training conditions
+            calibration = json.loads((smoke_run / "results" / "peers" / model / f"{variant}.json").read_text())
+            assert calibration["calibrated_for"]["model"] == model and len(calibration["mag_ratios"]) == \
+                _SMOKE["models"][model]["steps"]
 
 
 @pytest.mark.parametrize("model", ["proxy_pixart", "proxy_dit"])
@@ -344,7 +379,7 @@ def test_smoke_wan_videos_go_through_vbench_and_fidelity(smoke_run):
     rows = _rows(smoke_run / "results" / "tiny_wan.csv")
     table = _rows(smoke_run / "results" / "tables" / "table3.csv")
     assert list(table) == [r["method"] for r in _SMOKE["tables"]["table3"]["rows"]]
-    assert float(table["steps_50"]["macs_c1_G_ours"]) * 2 == pytest.approx(float(table["none"]["macs_c1_G_ours"]))
+    assert float(table["steps_50"]["macs_c1_M_ours"]) * 2 == pytest.approx(float(table["none"]["macs_c1_M_ours"]))
     for method in model["methods"]:
         folder = smoke_run / "results" / "videos" / "tiny_wan" / method
         assert sorted(p.name for p in folder.iterdir()) == sorted(names)
