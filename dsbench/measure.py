@@ -25,11 +25,12 @@ def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
     seeds = [sample_seed(cell.config["seed"], i) for i in range(images)]
     denoiser = cell.adapter.denoiser(pipe)
     peer, blocks = {}, None
-    if cell.accelerator.attaches_peer:  # what each block costs when it runs: one plain run, one image a call
+    if cell.accelerator.attaches_peer:  # what each block costs when it runs: one plain run of the peer's batch
         names = {id(m): n for n, m in denoiser.named_modules()}
         blocks = {names[id(b)]: b for g in cell.adapter.groups for b in cell.adapter.group_blocks(pipe, g)}
+        batch = 1 if cell.accelerator.per_image else min(images, cell.batch_size)  # its calls' batch (Cell.sample)
         with counter(denoiser, whole_run=True, blocks=blocks) as plain, torch.inference_mode():
-            cell.adapter.sample(pipe, conds[:1], seeds[:1], num_steps=cell.num_steps,
+            cell.adapter.sample(pipe, conds[:batch], seeds[:batch], num_steps=cell.num_steps,
                                 guidance_scale=cell.model_cfg["guidance_scale"])
     with cell.accelerated(pipe) as engine, \
             counter(denoiser, whole_run=cell.accelerator.attaches_peer, blocks=blocks) as tally:
