@@ -28,7 +28,7 @@ def count_macs(cell: Cell, device: str = "meta", images: int = 1) -> dict:
     if cell.accelerator.attaches_peer:  # what each block costs when it runs: one plain run of the peer's batch
         names = {id(m): n for n, m in denoiser.named_modules()}
         blocks = {names[id(b)]: b for g in cell.adapter.groups for b in cell.adapter.group_blocks(pipe, g)}
-        batch = 1 if cell.accelerator.per_image else min(images, cell.batch_size)  # its calls' batch (Cell.sample)
+        batch = 1 if cell.accelerator.per_image else images  # the batch of its calls below (Cell.sample)
         with counter(denoiser, whole_run=True, blocks=blocks) as plain, torch.inference_mode():
             cell.adapter.sample(pipe, conds[:batch], seeds[:batch], num_steps=cell.num_steps,
                                 guidance_scale=cell.model_cfg["guidance_scale"])

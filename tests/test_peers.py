@@ -211,10 +211,12 @@ def test_peer_macs_are_counted_from_the_run():
     skips = count_macs(Cell(cfg, "tiny_pixart", "fbc"), "cpu", images=2)
     assert 1.0 <= skips["blocks_computed_per_call"] < 4.0  # the first block always runs
     assert skips["macs_c1"] < none["macs_c1"]
-    # A peer that samples the whole batch per call: its blocks are weighed against a plain call of that batch.
+    # A peer that samples the whole batch per call: its blocks are weighed against a plain call of that batch
+    # (3 images: more than the config's batch_size of 2, which the count's one call does not split by).
     cfg["methods"]["ts_never"] = {"method": "diffusers_taylorseer", "cache_interval": 1}
     cfg["models"]["tiny_pixart"]["methods"].append("ts_never")
-    batched = count_macs(Cell(cfg, "tiny_pixart", "ts_never"), "cpu", images=2)
+    assert Cell(cfg, "tiny_pixart", "ts_never").batch_size == 2
+    batched = count_macs(Cell(cfg, "tiny_pixart", "ts_never"), "cpu", images=3)
     assert batched["macs_c1"] == pytest.approx(none["macs_c1"], rel=1e-9)
     assert batched["blocks_computed_per_call"] == pytest.approx(4.0, rel=1e-9)
     db = count_macs(Cell(cfg, "tiny_pixart", "db"), "cpu", images=2)
