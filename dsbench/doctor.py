@@ -82,9 +82,7 @@ def _sparsedit_rows(config: dict, name: str, label: str) -> list[dict]:
 
 def _peer_rows(config: dict, name: str, label: str) -> list[dict]:
     """The peer libraries the model's variants attach that are optional extras (cache-dit)."""
-    import importlib.util
-
-    from methods.peers.cachedit import EXTRA
+    from methods.peers.cachedit import EXTRA, installed
     from methods.registry import METHODS
 
     libraries = {getattr(METHODS[config["methods"][v]["method"]], "library", None)
@@ -92,7 +90,7 @@ def _peer_rows(config: dict, name: str, label: str) -> list[dict]:
     if "cache-dit" not in libraries:
         return []
     return [_row("cache-dit (peer rows)", label, "python package cache_dit",
-                 importlib.util.find_spec("cache_dit") is not None, EXTRA)]
+                 installed(), EXTRA)]
 
 
 def _metric_rows(config: dict, name: str, label: str) -> list[dict]:

@@ -18,6 +18,13 @@ from methods.settings import invalid
 EXTRA = 'pip install -e ".[peers]"'
 
 
+def installed() -> bool:
+    """Whether the optional extra is installed, without importing it (dsbench doctor)."""
+    import importlib.util
+
+    return importlib.util.find_spec("cache_dit") is not None
+
+
 def import_cache_dit():
     try:
         import cache_dit
