@@ -22,8 +22,10 @@ smoke: $(VENV)/.installed
 	@cat results/tables/table1.md results/tables/table2.md results/tables/table3.md
 	@echo "report: $(abspath results/report.html)"
 
+# Two pytest workers, whole files each (tests/conftest.py starts the smoke DAG's module first): the rest of
+# the suite runs beside the smoke.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"

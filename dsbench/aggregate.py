@@ -11,7 +11,9 @@ from dsbench.io import read_json, write_text
 TERA, GIGA = 1e12, 1e9
 # Scalars of a cell's metrics JSON (dsbench/evaluate.py) carried into the model's CSV; absent ones are empty.
 METRIC_KEYS = ("fid", "sfid", "inception_score", "precision", "recall", "clip", "clip_x100", "clip_toca", "align", "image_reward",
-               "vbench", "vbench_quality", "vbench_semantic", "psnr", "ssim", "lpips", "n_samples", "fid_n_ref")
+               "vbench", "vbench_quality", "vbench_semantic", "psnr", "ssim", "lpips", "n_samples", "fid_n_ref",
+               # bootstrap half-widths (metrics/bootstrap.py), their level and the samples behind fidelity
+               "fid_ci", "align_ci", "psnr_ci", "ssim_ci", "lpips_ci", "ci_level", "fidelity_n")
 
 
 # How far above its MAC-ideal the low end of a speedup's spread may be before it is flagged: per-op costs

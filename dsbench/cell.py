@@ -63,6 +63,10 @@ class Cell:
             from methods.diffsparse.method import schedule_path
 
             settings["schedule"] = str(schedule_path(self.model, self.method))  # made by rule train_schedule
+        elif settings.get("schedule"):
+            from methods.paths import committed_path
+
+            settings["schedule"] = str(committed_path(settings["schedule"]))  # e.g. a committed proxy schedule
         if METHODS[self.method_cfg["method"]].calibrated and settings.get("mag_ratios") is None \
                 and not settings.get("calibration"):
             from methods.peers.calibration import calibration_path
@@ -88,12 +92,28 @@ class Cell:
         (a DiffSparse schedule not trained yet, or trained for other settings; SparseDiT weights not
         fine-tuned yet, or not matching their recorded digests) or cannot run on this model."""
         if self.accelerator.trained:
-            self.accelerator.load_schedule()
+            self.check_schedule()
         if self.accelerator.replaces_denoiser:
             self.check_denoiser()
             self.accelerator.check_ready(self.model, self.method)
         if self.accelerator.attaches_peer:
             self.check_peer()
+
+    def check_schedule(self) -> None:
+        """A trained schedule exists, fits the variant (ratio, interval) and was trained on this model's
+        sampling: the same weights, scheduler, guidance and ToCa settings (a committed schedule outlives
+        the proxy it was trained on). Schedules from before `weights_id` was recorded skip that key."""
+        from dsbench.provenance import weights_id
+
+        accel = self.accelerator
+        found = accel.load_schedule().meta
+        expected = {"weights_id": weights_id(self), "scheduler": self.model_cfg["scheduler"],
+                    "guidance": self.model_cfg["guidance_scale"], "toca": accel.config.toca}
+        stale = [k for k in expected if k in found and found[k] != expected[k]]
+        if stale:
+            raise ValueError(f"{self.method}: schedule {accel.config.schedule} was trained under other settings "
+                             f"({'; '.join(f'{k}: {found[k]!r} != {expected[k]!r}' for k in stale)}); retrain it "
+                             "(rule train_schedule)")
 
     def check_peer(self) -> None:
         """A peer runs on this model family, its library is installed, and a calibrated peer's file exists and

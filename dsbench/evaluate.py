@@ -47,6 +47,7 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         from dsbench.evaluate_video import evaluate_video
 
         return evaluate_video(cell, samples_root)
+    from metrics.bootstrap import fid_half_width, mean_half_width
     from metrics.fid import FeatureStats, check_compatible, frechet_distance, image_features
     from metrics.fidelity import Fidelity
 
@@ -60,7 +61,7 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
     from metrics.networks import load_lpips
     from metrics.shapes_classifier import load_shapes_classifier
 
-    dev, m = device_for(config), config["metrics"]
+    dev, m, boot = device_for(config), config["metrics"], bootstrap_settings(config)
     text = cell.adapter.family != "dit" and m["clip_network"] != "none"
     # Every network and reference is loaded (a missing file is an error) before any feature work.
     adm = _adm(cell, reference) if cell.model_cfg.get("reference") in ADM_REFERENCES else None
@@ -92,15 +93,18 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         r = adm_metrics(batches, adm_ref, extractor, dev, expected_n=expected,
                         ref_cache=None if own else reference)
         out |= {k: r[k] for k in ("fid", "sfid", "inception_score", "precision", "recall", "n_samples", "n_ref_pr")}
+        out["fid_ci"] = fid_half_width(r["pool_features"], adm_ref.mu, adm_ref.sigma, boot, dev)
         out |= {"fid_n_ref": adm_ref.n_stats if own else "adm-stats", "fid_network": r["network_id"],
                 "adm_reference": r["reference_id"]}
     elif with_fid:
-        stats = FeatureStats()
+        stats, rows = FeatureStats(), []
         batches = with_progress(iter_images(folder, n, shard), n, f"evaluate {cell.method}: FID features")
         for f in image_features(batches, fid_net, dev, resolution=res):
             stats.update(f)
+            rows.append(f.astype(np.float32))  # n x D: 50k Inception rows are 0.4 GB
         out |= {"n_samples": stats.n, "fid": frechet_distance(stats, ref), "fid_n_ref": ref[2],
                 "fid_network": fid_net.network_id}
+        out["fid_ci"] = fid_half_width(np.concatenate(rows), ref[0], ref[1], boot, dev)
 
     if clip_scores or align or reward:
         conds = cell.conditions()
@@ -115,7 +119,7 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
         if "toca_compat" in clip_scores:
             out |= {"clip_toca": clip_scores["toca_compat"].compute()}
         if align:
-            out |= {"align": align.compute()}
+            out |= {"align": align.compute(), "align_ci": mean_half_width(align.per_sample, boot)}
         if reward:  # through its own environment (metrics/external.py)
             r = reward.compute()
             out |= {"image_reward": r["image_reward"], "image_reward_backend": r["backend"]}
@@ -129,8 +133,27 @@ def evaluate(cell: Cell, samples_root: str | Path = "results", reference: str | 
             fid_.update(a, b)
         fidelity = fid_.compute()
         out |= {"psnr": fidelity["psnr"], "ssim": fidelity["ssim"], "lpips": fidelity["lpips"],
-                "fidelity_n": fidelity["n"]}
-    return out
+                "fidelity_n": fidelity["n"]} | fidelity_intervals(fid_, boot)
+    return out | interval_settings(boot)
+
+
+def bootstrap_settings(config: dict):
+    from metrics.bootstrap import BootstrapSettings
+
+    return BootstrapSettings.of(config["metrics"].get("bootstrap"))
+
+
+def interval_settings(boot) -> dict:
+    """What the metrics JSON's `*_ci` half-widths mean."""
+    return {"ci_level": boot.level, "ci_resamples": boot.resamples, "ci_fid_resamples": boot.fid_resamples,
+            "ci_seed": boot.seed}
+
+
+def fidelity_intervals(fidelity, boot) -> dict:
+    """Bootstrap half-widths of the fidelity means (PSNR, SSIM, LPIPS) over their per-pair values."""
+    from metrics.bootstrap import mean_half_width
+
+    return {f"{k}_ci": None if v is None else mean_half_width(v, boot) for k, v in fidelity.per_pair().items()}
 
 
 def check_samples(cell: Cell, samples_root: str | Path = "results") -> None:

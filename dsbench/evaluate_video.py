@@ -22,7 +22,8 @@ def vbench_settings(config: dict, dataset: str) -> dict:
 
 def evaluate_video(cell: Cell, samples_root: str | Path = "results") -> dict:
     from dsbench.conditions import VBENCH_DATASETS, dataset_path, vbench_videos
-    from dsbench.evaluate import check_samples, device_for
+    from dsbench.evaluate import bootstrap_settings, check_samples, device_for, interval_settings
+    from metrics.bootstrap import mean_half_width
     from dsbench.videos import export_videos
     from metrics.fidelity import Fidelity
     from metrics.networks import load_lpips
@@ -35,7 +36,7 @@ def evaluate_video(cell: Cell, samples_root: str | Path = "results") -> dict:
     # Samples, suite, scorer files and networks are checked before any video is written.
     check_samples(cell, samples_root)
     names = [name for _, _, name in vbench_videos(dataset, n, config["resources"])]
-    settings, dev = vbench_settings(config, dataset), device_for(config)
+    settings, dev, boot = vbench_settings(config, dataset), device_for(config), bootstrap_settings(config)
     if settings["backend"] == "real":
         check_files(settings["dimensions"], settings["cache"])
     lpips_net = load_lpips(config["metrics"]["lpips_network"], dev) if config["fidelity_samples"] else None
@@ -63,4 +64,8 @@ def evaluate_video(cell: Cell, samples_root: str | Path = "results") -> dict:
             fid_.update(a.reshape(-1, *a.shape[-3:]), b.reshape(-1, *b.shape[-3:]))
         f = fid_.compute()
         out |= {"psnr": f["psnr"], "ssim": f["ssim"], "lpips": f["lpips"], "fidelity_n": f["n"]}
-    return out
+        # A video's frames are not independent samples: the intervals resample whole videos (frame means).
+        frames = get_preset(cell.model).frames
+        out |= {f"{key}_ci": None if v is None else mean_half_width(v.reshape(-1, frames).mean(axis=1), boot)
+                for key, v in fid_.per_pair().items()}
+    return out | interval_settings(boot)

@@ -39,7 +39,10 @@ def train_cell(cell: Cell, out: str | Path, *, force: bool = False, progress: bo
         lpips_net.requires_grad_(False)
     pipe = cell.build_pipeline()
     torch.manual_seed(s.seed)
+    from dsbench.provenance import weights_id
+
     meta = {"model": cell.model, "variant": cell.method, "source": cell.model_cfg["source"],
+            "weights_id": weights_id(cell), "train_dataset": dataset,
             "scheduler": cell.model_cfg["scheduler"], "lpips_network": getattr(lpips_net, "network_id", None),
             "command": " ".join(shlex.quote(a) for a in sys.argv)}
     trainer = Trainer(cell.adapter, pipe, method, conditions=conditions, num_steps=cell.num_steps,

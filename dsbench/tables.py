@@ -70,6 +70,11 @@ BEYOND_IDEAL_MARK = "†"
 FLAG_MARKS = {"beyond_ideal": ("†", r"$^\dagger$"), "above_ideal": ("‡", r"$^\ddagger$"),
               "noisy": ("§", r"$^\S$")}
 
+# Quality metrics with a bootstrap interval in ours (`{metric}_ci`, a half-width: metrics/bootstrap.py),
+# shown as `value ±x`, and whether higher is better (for the note on which rankings the intervals resolve).
+INTERVAL_METRICS: dict[str, bool] = {"fid": False, "psnr": True, "ssim": True, "lpips": False, "align": True}
+FIDELITY_METRICS = ("psnr", "ssim", "lpips")   # measured against `none`, whose own row is trivially exact
+
 # Metric columns a paper transcription may have (results/paper/*.csv).
 PAPER_METRICS: tuple[str, ...] = (
     "macs_T", "speedup", "fid", "sfid", "precision", "recall", "clip", "vbench", "image_reward",
@@ -329,6 +334,47 @@ def _spread_suffix(rec: Mapping[str, Any], c: _Col, *, latex: bool = False) -> s
     return text
 
 
+def _interval_suffix(rec: Mapping[str, Any], c: _Col, *, latex: bool = False) -> str:
+    """`` ±x`` after our value where the row has its bootstrap half-width, in the metric's decimals."""
+    if c.source != "ours" or f"{c.metric}_ci_ours" not in rec:
+        return ""
+    hw = _to_float(rec[f"{c.metric}_ci_ours"])
+    if math.isnan(hw):
+        return ""
+    body = format_value(c.metric, hw, latex=latex)
+    return rf"\,$\pm${body}" if latex else f" ±{body}"
+
+
+def _interval_notes(df: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str, str]) -> list[str]:
+    """What ± means (level, samples), and per metric which rows the intervals do not separate from the best."""
+    if not metrics:
+        return []
+    levels = sorted({_to_float(v) for v in df.get("ci_level_ours", []) if not math.isnan(_to_float(v))})
+    counts = {k: sorted({int(v) for v in df.get(f"{k}_ours", []) if not math.isnan(_to_float(v))})
+              for k in ("n_samples", "fidelity_n")}
+    said = lambda ns: "/".join(str(n) for n in ns) or "?"  # noqa: E731
+    level = "/".join(f"{v:.0%}" for v in levels) or "95%"
+    notes = [f"± is the {level} percentile-bootstrap half-width over the samples: {said(counts['n_samples'])} "
+             f"samples for FID and alignment (FID: the generated samples resampled, the reference fixed), the first "
+             f"{said(counts['fidelity_n'])} pairs for PSNR, SSIM and LPIPS to the full model."]
+    for metric in metrics:
+        key, hw_key = f"{metric}_ours", f"{metric}_ci_ours"
+        rows = df[df[key].notna() & df[hw_key].notna()]
+        if metric in FIDELITY_METRICS:
+            rows = rows[rows["method"] != "none"]
+        if len(rows) < 2:
+            continue
+        best = rows.loc[rows[key].idxmax() if INTERVAL_METRICS[metric] else rows[key].idxmin()]
+        lo, hi = best[key] - best[hw_key], best[key] + best[hw_key]
+        tied = [r["label"] for _, r in rows.iterrows()
+                if r["method"] != best["method"] and r[key] - r[hw_key] <= hi and r[key] + r[hw_key] >= lo]
+        title, d = _title(metric, titles), _metric_format(metric).decimals
+        head = f"{title}: the best row, {best['label']} ({best[key]:.{d}f} ±{best[hw_key]:.{d}f}),"
+        notes.append(f"{head} is not resolved from {', '.join(tied)} (their intervals overlap): that ranking is "
+                     "not resolved." if tied else f"{head} is resolved from every other row (no interval overlaps).")
+    return notes
+
+
 def _speedup_flag_notes(df: pd.DataFrame) -> list[str]:
     """One note per kind of speedup flag present, naming each flagged row with its spread and bound."""
     if "speedup_flag" not in df.columns:
@@ -370,7 +416,7 @@ def _render_markdown(table_name: str, df: pd.DataFrame, layout: list[_Col],
         for c in layout:
             text = format_value(c.metric, rec[c.key])
             any_missing |= text == MISSING
-            cells.append(text if text == MISSING else text + _spread_suffix(rec, c))
+            cells.append(text if text == MISSING else text + _spread_suffix(rec, c) + _interval_suffix(rec, c))
         lines.append("| " + " | ".join(cells) + " |")
     foot = list(notes)
     if any_missing:
@@ -417,7 +463,8 @@ def _render_latex(table_name: str, df: pd.DataFrame, layout: list[_Col], notes: 
         cells = [latex_escape(rec["label"])]
         for c in layout:
             text = format_value(c.metric, rec[c.key], latex=True)
-            cells.append(text if text == LATEX_MISSING else text + _spread_suffix(rec, c, latex=True))
+            cells.append(text if text == LATEX_MISSING else text + _spread_suffix(rec, c, latex=True)
+                         + _interval_suffix(rec, c, latex=True))
         out.append(" & ".join(cells) + r" \\")
     out.append(r"\bottomrule")
     out.append(r"\end{tabular}")
@@ -491,6 +538,9 @@ def render_table(
     layout = _layout(columns, counterparts, titles)
     # The speedup's spread and MAC-ideal bound travel with it where ours has them (older CSVs do not).
     spread = "speedup" in columns and {"speedup_lo", "speedup_hi"} <= set(ours.columns)
+    # Bootstrap half-widths travel with their metric where ours has them (CSVs from before them do not).
+    intervals = [m for m in columns if m in INTERVAL_METRICS and f"{m}_ci" in ours.columns]
+    interval_cols = [f"{m}_ci" for m in intervals] + (["ci_level", "n_samples", "fidelity_n"] if intervals else [])
     for spec in rows:
         if "method" not in spec or spec["method"] in (None, ""):
             raise ValueError(f"row spec without a method: {spec!r}")
@@ -529,6 +579,8 @@ def render_table(
             rec["speedup_flag"] = speedup_flag(rec["speedup_ours"] if "speedup_ours" in rec else math.nan,
                                                rec["speedup_lo_ours"], rec["speedup_hi_ours"], rec["speedup_ideal_ours"])
             rec["speedup_beyond_ideal"] = rec["speedup_flag"] == "beyond_ideal"
+        for k in interval_cols:
+            rec[f"{k}_ours"] = _to_float(ours_rec.get(k)) if ours_rec is not None else math.nan
         for p in PROVENANCE_COLUMNS:
             value = ours_rec.get(p) if ours_rec is not None else None
             rec[p] = None if _is_missing(value) else str(value)
@@ -537,7 +589,7 @@ def render_table(
     spread_cols = [f"{k}_ours" for k in SPEEDUP_SPREAD_COLUMNS] + ["speedup_beyond_ideal", "speedup_flag"] \
         if spread else []
     out_cols = ["method", "label", "paper_row", "in_ours", "section"] + [c.key for c in layout] + spread_cols \
-        + list(PROVENANCE_COLUMNS)
+        + [f"{k}_ours" for k in interval_cols] + list(PROVENANCE_COLUMNS)
     df = pd.DataFrame.from_records(records, columns=out_cols)
     for c in layout:
         df[c.key] = df[c.key].astype(float)
@@ -547,7 +599,7 @@ def render_table(
 
     agreement = _agreement_note(df, layout, titles)
     notes = notes + [agreement] if agreement else notes
-    notes = notes + _speedup_flag_notes(df)
+    notes = notes + _speedup_flag_notes(df) + _interval_notes(df, intervals, titles)
     # render everything before writing anything, then write each file atomically
     csv_text = df.to_csv(index=False, lineterminator="\n")
     md_text = _render_markdown(table_name, df, layout, notes)

@@ -29,14 +29,11 @@ PROVENANCE = "provenance.json"
 
 
 def weights_folder(weights: str) -> Path:
-    """A variant's `weights` folder: as given (a relative path from the working directory), or, where that
-    does not exist, the same path inside this repository (the committed proxy weights, e.g.
+    """A variant's `weights` folder: as given, or the committed one inside this repository (e.g.
     models/proxies/proxy_dit_sparsedit, found from a workflow run in another directory)."""
-    import models
+    from methods.paths import committed_path
 
-    path = Path(weights)
-    committed = Path(models.__file__).resolve().parent.parent / path
-    return committed if not path.is_absolute() and not path.exists() and committed.exists() else path
+    return committed_path(weights)
 
 
 def training_command(model: str, variant: str) -> str:

@@ -413,5 +413,6 @@ def adm_metrics(gen_batches: Iterable[np.ndarray], reference: AdmReference, extr
     precision, recall = precision_recall(np.concatenate(pool_feats), ref_feats, PR_K, device, pr_row_batch)
     fid, sfid = fid_sfid(pool, spatial, reference)
     return {"fid": fid, "sfid": sfid, "inception_score": isc.compute(), "precision": precision,
+            "pool_features": np.concatenate(pool_feats),  # the rows FID's bootstrap interval resamples
             "recall": recall, "n_samples": pool.n, "n_ref_pr": len(ref_feats), "pr_k": PR_K,
             "network_id": extractor.network_id, "reference_id": reference.reference_id}

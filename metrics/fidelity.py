@@ -44,6 +44,7 @@ class Fidelity:
     """``update(a, b)`` with uint8 (N,H,W,3) pairs; ``compute()`` -> {"psnr", "ssim", "lpips", "n"}.
 
     ``lpips_net`` (from ``networks.load_lpips``) may be None for PSNR only ("lpips": None).
+    ``per_pair()`` -> the per-pair values behind the means, for their bootstrap intervals.
     """
 
     def __init__(self, lpips_net=None, device: str | torch.device = "cpu", batch_size: int = 16) -> None:
@@ -52,22 +53,32 @@ class Fidelity:
 
     def reset(self) -> None:
         self.n, self._psnr, self._ssim, self._lpips = 0, 0.0, 0.0, 0.0
+        self._pairs: dict[str, list[np.ndarray]] = {"psnr": [], "ssim": [], "lpips": []}
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         check_uint8_rgb(a, "a")
         check_uint8_rgb(b, "b")
         if a.shape != b.shape:
             raise ValueError(f"paired images must have the same shape: {a.shape} vs {b.shape}")
-        self._psnr += float(psnr_per_pair(a, b).sum())
+        psnr = psnr_per_pair(a, b)
+        self._psnr += float(psnr.sum())
+        self._pairs["psnr"].append(psnr)
         for i in range(0, len(a), self.batch_size):  # bound memory at high resolution
             sl = slice(i, i + self.batch_size)
-            self._ssim += float(ssim_per_pair(a[sl], b[sl]).sum())
+            ssim = ssim_per_pair(a[sl], b[sl])
+            self._ssim += float(ssim.sum())
+            self._pairs["ssim"].append(np.asarray(ssim, dtype=np.float64).reshape(-1))
             if self.lpips_net is not None:
                 with torch.no_grad():
                     d = self.lpips_net(_to_lpips_input(a[sl], self.device),
                                        _to_lpips_input(b[sl], self.device))
                 self._lpips += float(d.double().sum())
+                self._pairs["lpips"].append(d.double().reshape(-1).cpu().numpy())
         self.n += len(a)
+
+    def per_pair(self) -> dict[str, np.ndarray | None]:
+        """Per-pair PSNR, SSIM and LPIPS (None without an LPIPS network), in update order."""
+        return {k: np.concatenate(v) if v else None for k, v in self._pairs.items()}
 
     def compute(self) -> dict:
         if self.n == 0:

@@ -86,6 +86,7 @@ class Alignment:
 
     def __init__(self, net: ShapesClassifier, device) -> None:
         self.net, self.device, self.hits, self.n = net, device, 0, 0
+        self.per_sample: list[bool] = []  # for the bootstrap interval of the share
 
     @torch.no_grad()
     def update(self, images, conditions: Sequence) -> None:
@@ -94,7 +95,9 @@ class Alignment:
         logits = self.net.classify(x)
         pred = {k: [HEADS[k][i] for i in v.argmax(1).tolist()] for k, v in logits.items()}
         for i, c in enumerate(conditions):
-            self.hits += all(pred[k][i] == v for k, v in wanted(c).items())
+            hit = all(pred[k][i] == v for k, v in wanted(c).items())
+            self.hits += hit
+            self.per_sample.append(hit)
         self.n += len(conditions)
 
     def compute(self) -> float:

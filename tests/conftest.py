@@ -41,12 +41,13 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: float = 120) -> Run:
-    """`python -m snakemake -s <repo>/Snakefile --directory <workdir> --workflow-profile none <args>`."""
+def run_snakemake(workdir: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Run:
+    """`python -m snakemake -s <repo>/Snakefile --directory <workdir> --workflow-profile none <args>`,
+    with `env` over the tool environment."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
            "--workflow-profile", "none", *args]
-    p = subprocess.run(cmd, cwd=workdir, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=workdir, env=tool_env() | (env or {}), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=timeout)
     return Run(cmd, p.returncode, p.stdout)
 
 
@@ -75,3 +76,9 @@ def dsbench_cli():
 def tiny_yaml() -> dict:
     """A fresh deep copy of tests/tiny.yaml as loaded by yaml (not validated, no defaults filled)."""
     return copy.deepcopy(yaml.safe_load(TINY_YAML.read_text()))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The smoke DAG's tests first: under `make test` (pytest-xdist, whole files per worker) the longest
+    module then starts at once and the rest of the suite runs beside it on the other worker."""
+    items.sort(key=lambda item: "smoke_run" not in getattr(item, "fixturenames", ()))

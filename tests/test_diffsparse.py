@@ -311,6 +311,32 @@ def test_a_schedule_trained_at_256_runs_at_512_and_its_counted_macs_follow_the_p
         count_macs(Cell(bad, "pixart_alpha_256", "ds_transfer"), "meta")
 
 
+def test_a_schedule_trained_on_other_weights_or_sampling_is_refused_by_key(tmp_path):
+    from dsbench.provenance import weights_id
+
+    cfg = tiny_config()
+    toca = {"fresh_ratio": 0.3, "threshold": 3, "grid": 2}
+    cfg["methods"]["ds"] = {"method": "diffsparse", "ratio": 0.43, "toca": toca,
+                            "schedule": str(tmp_path / "s.safetensors")}
+    cfg["models"]["tiny_pixart"]["methods"].append("ds")
+    m = cfg["models"]["tiny_pixart"]
+    steps, blocks = m["steps"], Cell(cfg, "tiny_pixart", "none").adapter.preset.transformer["num_layers"]
+    sched = random_schedule(steps=steps, blocks=blocks)
+    trained = {"ratio": 0.43, "budget": "items", "scheduler": m["scheduler"], "guidance": m["guidance_scale"],
+               "toca": toca, "weights_id": weights_id(Cell(cfg, "tiny_pixart", "ds"))}
+    sched.meta = trained
+    sched.save(tmp_path / "s.safetensors")
+    Cell(cfg, "tiny_pixart", "ds").check_ready()            # trained on this model's sampling: accepted
+    for key, value, shown in [("weights_id", "proxy other", "weights_id: 'proxy other'"),
+                              ("guidance", 9.0, "guidance: 9.0"), ("scheduler", "ddim", "scheduler: 'ddim'"),
+                              ("toca", {**toca, "grid": 4}, "toca: ")]:
+        sched.meta = {**trained, key: value}
+        sched.save(tmp_path / "s.safetensors")
+        with pytest.raises(ValueError, match="was trained under other settings") as e:
+            Cell(cfg, "tiny_pixart", "ds").check_ready()
+        assert shown in str(e.value) and "retrain it (rule train_schedule)" in str(e.value)
+
+
 def test_train_schedule_cli_refuses_bad_targets_before_any_work(tmp_path, capsys):
     from dsbench.cli import main
 

@@ -43,6 +43,8 @@ def test_evaluate_reports_the_adm_suite(tmp_path):
     assert out["fid"] > 0 and out["sfid"] > 0 and 0 <= out["precision"] <= 1 and 0 <= out["recall"] <= 1
     assert out["fid_network"].startswith("inception-2015-12-05-torch-fidelity")
     assert 0 < out["ssim"] <= 1 and out["psnr"] > 0
+    assert out["fid_ci"] is None   # 6 samples in 2048 dimensions: FID unreliable, no interval
+    assert out["psnr_ci"] >= 0 and out["lpips_ci"] >= 0 and out["ci_level"] == 0.95
 
     cfg["models"]["tiny_dit"]["allow_partial"] = False  # 6 samples are not ADM's 50,000
     with pytest.raises(ConfigError, match="exactly 50,000"):

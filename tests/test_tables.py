@@ -512,3 +512,31 @@ def test_paper_columns_and_titles_are_checked():
     ours = add_derived_columns(pd.DataFrame([dict(method="none", macs_c1_T=1.5)]), 2)
     assert ours.loc[0, "macs_c1_cfg_T"] == 3.0
     assert add_derived_columns(pd.DataFrame([dict(method="none", macs_c1_T=1.5)]), 1).loc[0, "macs_c1_cfg_T"] == 1.5
+
+
+def test_bootstrap_intervals_render_beside_values_and_unresolved_rankings_are_named(tmp_path):
+    ours = pd.DataFrame([
+        dict(method="none", fid=100.0, fid_ci=5.0, psnr=100.0, psnr_ci=0.0, ci_level=0.95, n_samples=64, fidelity_n=64),
+        dict(method="a", fid=90.0, fid_ci=4.0, psnr=30.0, psnr_ci=0.5, ci_level=0.95, n_samples=64, fidelity_n=64),
+        dict(method="b", fid=96.0, fid_ci=3.0, psnr=25.0, psnr_ci=0.5, ci_level=0.95, n_samples=64, fidelity_n=64),
+    ])
+    rows = [{"method": "none", "label": "Full"}, {"method": "a", "label": "A"}, {"method": "b", "label": "B"}]
+    render_table("T", ours, columns=["fid", "psnr"], rows=rows, paper_csv=None, out_prefix=tmp_path / "t")
+    md = (tmp_path / "t.md").read_text()
+    assert "| A | — | 90.00 ±4.00 | 30.00 ±0.50 |" in md
+    assert "95% percentile-bootstrap half-width over the samples: 64 samples" in md
+    # FID: A's [86, 94] overlaps B's [93, 99], not the full model's [95, 105]
+    assert "FID: the best row, A (90.00 ±4.00), is not resolved from B (their intervals overlap)" in md
+    # PSNR: `none` is left out (its 100 dB is itself); A's [29.5, 30.5] is clear of B's [24.5, 25.5]
+    assert "PSNR: the best row, A (30.00 ±0.50), is resolved from every other row" in md
+    assert r"90.00\,$\pm$4.00" in (tmp_path / "t.tex").read_text()
+    back = pd.read_csv(tmp_path / "t.csv")
+    assert back["fid_ci_ours"].tolist() == [5.0, 4.0, 3.0]
+
+
+def test_tables_without_intervals_render_as_before(tmp_path):
+    ours = pd.DataFrame([dict(method="none", fid=100.0), dict(method="a", fid=90.0)])
+    render_table("T", ours, columns=["fid"], rows=[{"method": "none"}, {"method": "a"}], paper_csv=None,
+                 out_prefix=tmp_path / "t")
+    md = (tmp_path / "t.md").read_text()
+    assert "±" not in md and "bootstrap" not in md

@@ -5,14 +5,31 @@ localrules: schedule_heatmap, schedules
 #   snakemake --cores 2 results/schedules/proxy_pixart/diffsparse_r43.safetensors
 
 
-def trained_variants(model):
+def diffsparse_variants(model):
     return [m for m in model_methods(model) if config["methods"][m]["method"] == "diffsparse"]
+
+
+def trained_variants(model):
+    """The DiffSparse variants the DAG trains: those without a `schedule:` file of their own (a committed
+    schedule, models/proxies/schedules/, is read as it is)."""
+    return [m for m in diffsparse_variants(model) if not config["methods"][m].get("schedule")]
+
+
+def given_schedule(path):
+    """A variant's `schedule:` path as the jobs resolve it (methods/paths.py committed_path): from the working
+    directory, else, for a path under models/, the committed file inside the repository."""
+    import os
+
+    inside = os.path.join(workflow.basedir, path)
+    committed = not os.path.isabs(path) and path.split("/")[0] == "models"
+    return inside if committed and not os.path.exists(path) and os.path.exists(inside) else path
 
 
 def schedule_inputs(model, methods):
     """The schedules the given variants of `model` sample with: its own, or an explicit `schedule:` path
-    (another model's, for transfer across resolutions: the DAG trains it; a user's file must exist)."""
-    return [config["methods"][m].get("schedule") or f"results/schedules/{model}/{m}.safetensors"
+    (another model's, for transfer across resolutions: the DAG trains it; a committed or user's file must exist)."""
+    return [given_schedule(config["methods"][m]["schedule"]) if config["methods"][m].get("schedule")
+            else f"results/schedules/{model}/{m}.safetensors"
             for m in methods if config["methods"][m]["method"] == "diffsparse"]
 
 
@@ -70,7 +87,7 @@ rule train_schedule:
 rule schedule_heatmap:
     # Figure 3 of the paper from any trained schedule, drawn as the paper does: x = layers, y = steps 1 … T-1
     # (step 0 always computes in full), colour = sparsity. `dsbench heatmap --view steps` draws steps × blocks.
-    input: "results/schedules/{model}/{method}.safetensors"
+    input: lambda w: schedule_inputs(w.model, [w.method])
     output:
         report("results/figures/{model}/{method}_schedule.png", caption="../report/heatmap.rst",
                category="Figure 3 heatmaps", labels={"model": "{model}", "variant": "{method}"})
@@ -83,4 +100,4 @@ rule schedules:
     # Every DiffSparse schedule of the config (and its heatmap), without sampling anything.
     input:
         [f"results/schedules/{m}/{v}.safetensors" for m in MODELS for v in trained_variants(m)],
-        [f"results/figures/{m}/{v}_schedule.png" for m in MODELS for v in trained_variants(m)],
+        [f"results/figures/{m}/{v}_schedule.png" for m in MODELS for v in diffsparse_variants(m)],
