@@ -43,8 +43,21 @@ class Cell:
         return self.config["models"][self.model]
 
     @property
-    def method_cfg(self) -> dict:
+    def variant_cfg(self) -> dict:
+        """The variant's entry as configured (a `match` block included)."""
         return self.config["methods"][self.method]
+
+    @cached_property
+    def method_cfg(self) -> dict:
+        """The variant's settings as run: a budget-matched variant's `match` block replaced by the value
+        rule match_budget found (dsbench/matching.py), so its samples' identity records that value."""
+        from dsbench.matching import MATCH_KEY, MatchSpec, read_matched, without_match
+
+        entry = self.variant_cfg
+        if MATCH_KEY not in entry:
+            return entry
+        spec = MatchSpec.of(entry[MATCH_KEY], f"methods.{self.method}.match")
+        return {**without_match(entry), spec.key: read_matched(self.model, self.method, spec)["value"]}
 
     @cached_property
     def adapter(self):

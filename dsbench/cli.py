@@ -189,13 +189,38 @@ def cmd_finetune_sparsedit(args):
 
 def cmd_match_macs(args):
     from dsbench.cell import Cell
+    from dsbench.matching import MATCH_KEY, MatchSpec
     from dsbench.measure import cell_macs, match_macs
 
     cfg = _config(args)
-    target = cell_macs(Cell(cfg, args.model, args.target))
-    value, macs = match_macs(cfg, args.model, args.method, args.key, target, args.lo, args.hi, args.tol, args.iterations)
-    print(f"{args.method}.{args.key} = {value:.6g}: macs_c1 {macs / 1e9:.6g} G vs {args.target} "
-          f"{target / 1e9:.6g} G ({(macs / target - 1) * 100:+.2f} %)")
+    entry = cfg["methods"][args.method]
+    if args.out:  # rule match_budget: everything from the variant's `match` block
+        if MATCH_KEY not in entry:
+            raise ValueError(f"--out writes a budget match: {args.method} has no `match` block")
+        if args.target or args.key or args.lo is not None or args.hi is not None or args.tol is not None:
+            raise ValueError("--out takes the target, key, range and tolerance from the variant's `match` block; "
+                             "drop --target / --key / --lo / --hi / --tol")
+        spec = MatchSpec.of(entry[MATCH_KEY], f"methods.{args.method}.match")
+        if args.out.exists() and not args.force:
+            raise FileExistsError(f"{args.out} exists; pass --force to match again")
+    else:
+        if not args.target:
+            raise ValueError("match-macs needs --target (or --out, with the variant's `match` block)")
+        spec = MatchSpec(args.target, args.key or "fresh_ratio", (0.0 if args.lo is None else args.lo,
+                         1.0 if args.hi is None else args.hi), 0.005 if args.tol is None else args.tol,
+                         args.iterations)
+    target = cell_macs(Cell(cfg, args.model, spec.target))
+    value, macs = match_macs(cfg, args.model, args.method, spec.key, target, *spec.range, spec.tolerance,
+                             spec.iterations)
+    error = macs / target - 1
+    print(f"{args.method}.{spec.key} = {value:.6g}: macs_c1 {macs / 1e9:.6g} G vs {spec.target} "
+          f"{target / 1e9:.6g} G ({error * 100:+.2f} %)")
+    if args.out:
+        from dsbench.io import write_json
+
+        write_json(args.out, {"model": args.model, "variant": args.method, "spec": spec.as_dict(), "key": spec.key,
+                              "value": value, "macs_c1": macs, "target_macs_c1": target, "relative_error": error,
+                              "within_tolerance": abs(error) <= spec.tolerance})
 
 
 def cmd_train_schedule(args):
@@ -229,6 +254,17 @@ def cmd_pareto(args):
     kinds = {v: getattr(METHODS[spec["method"]], "library", "ours") for v, spec in cfg["methods"].items()}
     csv = Path(args.root) / f"{args.model}.csv"
     print(write_pareto(csv, kinds, args.out, title=f"{args.model}: speed and quality of every method"))
+
+
+def cmd_verdict(args):
+    from dsbench.matching import budget_groups
+    from dsbench.verdict import write_verdict
+
+    cfg = _config(args)
+    matched_to, nearest = budget_groups(cfg, args.model)
+    if not matched_to:
+        raise ValueError(f"{args.model} has no budget-matched variants (a `match` block): nothing to judge")
+    print(write_verdict(Path(args.root) / f"{args.model}.csv", matched_to, nearest, args.out, args.model), end="")
 
 
 def cmd_heatmap(args):
@@ -364,12 +400,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="measure over an existing calibration")
     s = verb("match-macs", cmd_match_macs, "the setting of a variant that matches another variant's predicted "
              "MACs (e.g. ToCa's fresh_ratio at a DiffSparse schedule's MACs)", method=True)
-    s.add_argument("--target", required=True, help="the variant whose MACs to match")
-    s.add_argument("--key", default="fresh_ratio")
-    s.add_argument("--lo", type=float, default=0.0)
-    s.add_argument("--hi", type=float, default=1.0)
-    s.add_argument("--tol", type=float, default=0.005, help="relative tolerance (default 0.5 %%)")
-    s.add_argument("--iterations", type=int, default=30, help="most bisection steps (default 30)")
+    s.add_argument("--target", help="the variant whose MACs to match")
+    s.add_argument("--key", help="the setting to tune (default fresh_ratio)")
+    s.add_argument("--lo", type=float, help="the range's low end (default 0)")
+    s.add_argument("--hi", type=float, help="the range's high end (default 1)")
+    s.add_argument("--tol", type=float, help="relative tolerance (default 0.5 %%)")
+    s.add_argument("--iterations", type=int, default=30, help="most bisection steps (default 30; with --out, "
+                   "the block's `iterations`)")
+    s.add_argument("--out", type=Path, help="write the match of the variant's `match` block here "
+                   "(results/matched/{model}/{variant}.json, rule match_budget)")
+    s.add_argument("--force", action="store_true", help="match over an existing file")
     s = verb("heatmap", cmd_heatmap, "Figure 3: a schedule's per-sub-layer heatmap (layers × steps, as the paper)",
              method=True)
     s.add_argument("--out", required=True)
@@ -378,6 +418,10 @@ def parser() -> argparse.ArgumentParser:
                         "steps: x = steps 0 … T-1, y = blocks, colour = fraction of tokens recomputed")
     s = verb("pareto", cmd_pareto, "Pareto plots of a model (after aggregate): speedup and MACs against FID and "
              "LPIPS, every method and peer a point")
+    s.add_argument("--root", default="results")
+    s.add_argument("--out", required=True)
+    s = verb("verdict", cmd_verdict, "the claim's verdict of a model (after aggregate): each budget target on or off "
+             "the Pareto front, and which differences to the rows matched to it the intervals resolve")
     s.add_argument("--root", default="results")
     s.add_argument("--out", required=True)
     s = verb("grid", cmd_grid, "a PNG of a model's first samples, one row per method (after generate)")

@@ -157,6 +157,7 @@ def check_methods(config: dict[str, Any]) -> None:
     """Build every method variant's settings with its method's Config dataclass (the one place they are
     declared, methods/settings.py): unknown keys and wrong types, nested blocks included, raise a
     ConfigError naming methods.<variant>.<key>…"""
+    from dsbench.matching import MATCH_KEY, MatchSpec
     from methods.registry import METHODS          # imports torch: only when a config is checked
     from methods.settings import SettingsError, build
 
@@ -165,8 +166,17 @@ def check_methods(config: dict[str, Any]) -> None:
         if name not in METHODS:
             raise ConfigError(f"invalid config at methods.{variant}.method: unknown method {name!r} "
                               f"(registered: {', '.join(sorted(METHODS))})")
+        settings = {k: v for k, v in entry.items() if k not in ("method", MATCH_KEY)}
         try:
-            build(METHODS[name].Config, {k: v for k, v in entry.items() if k != "method"}, f"methods.{variant}")
+            build(METHODS[name].Config, settings, f"methods.{variant}")
+            if MATCH_KEY in entry:  # the tuned setting exists and takes both ends of its range
+                spec = MatchSpec.of(entry[MATCH_KEY], f"methods.{variant}.match")
+                fields = METHODS[name].Config.__dataclass_fields__
+                if spec.key not in fields:
+                    raise ConfigError(f"invalid config at methods.{variant}.match.key: {name} has no setting "
+                                      f"{spec.key!r} (settings: {', '.join(sorted(fields))})")
+                for end in spec.range:
+                    build(METHODS[name].Config, {**settings, spec.key: end}, f"methods.{variant}")
         except SettingsError as e:
             raise ConfigError(f"invalid config at {e.path}: {e.problem}") from None
         except ValueError as e:
@@ -180,6 +190,12 @@ def check_references(config: dict[str, Any]) -> None:
             if v not in methods:
                 raise ConfigError(f"invalid config at models.{name}.methods: unknown method variant {v!r} "
                                   f"(defined: {', '.join(sorted(methods))})")
+        for v in model["methods"]:
+            target = (methods[v].get("match") or {}).get("target") if isinstance(methods[v].get("match"), dict) else None
+            if target is not None and (target not in model["methods"] or target == v or "match" in methods[target]):
+                raise ConfigError(f"invalid config at methods.{v}.match.target: {target!r} must be another, "
+                                  f"unmatched variant of every model that runs {v} ({name} runs "
+                                  f"{', '.join(model['methods'])})")
         if "none" not in model["methods"] or methods["none"]["method"] != "none":
             raise ConfigError(f"invalid config at models.{name}.methods: every model needs the variant 'none' "
                               "(method: none): speedup and fidelity are measured against it")

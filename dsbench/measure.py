@@ -174,9 +174,11 @@ def match_macs(config: dict, model: str, variant: str, key: str, target: float, 
     so they move in steps: the closest value found is returned when no value is within `tol`."""
     import copy
 
+    from dsbench.matching import without_match
+
     def macs(value: float) -> float:
         cfg = copy.deepcopy(config)
-        cfg["methods"][variant] = {**cfg["methods"][variant], key: value}
+        cfg["methods"][variant] = {**without_match(cfg["methods"][variant]), key: value}
         return cell_macs(Cell(cfg, model, variant))
 
     m_lo, m_hi = macs(lo), macs(hi)

@@ -118,6 +118,15 @@ def macs(config: dict, model: str, method: str) -> dict:
                   else ["resources"])
 
 
+def match_budget(config: dict, model: str, method: str) -> dict:
+    """A budget match (dsbench/matching.py): the MACs of the variant and of its target, so what `macs`
+    tracks for both (SAMPLING, num_samples, seed, device, dtype) and both variants' settings."""
+    target = config["methods"][method]["match"]["target"]
+    return _slice("match_budget", config, ("seed", "device", "dtype", "resources"), model,
+                  (*SAMPLING, "num_samples"), [method, target],
+                  untracked=[] if _dataset_under_resources(config["models"][model]["dataset"]) else ["resources"])
+
+
 def latency(config: dict, model: str) -> dict:
     """Every variant of a model timed in one process. Tracked: latency.*, the model's sampling settings and
     all its variants, seed, device, dtype. Untracked: num_samples (conditions are the first
@@ -191,6 +200,11 @@ def grid(config: dict, model: str) -> dict:
     are shown (their sample identity: SAMPLING, seed, device, dtype)."""
     return _slice("sample_grid", config, RUN, model, (*SAMPLING, "num_samples"),
                   config["models"][model]["methods"])
+
+
+def verdict(config: dict, model: str) -> dict:
+    """A model's claim verdict: its CSV (the input) and which variants are matched to which budget."""
+    return _slice("claim_verdict", config, (), model, (), config["models"][model]["methods"])
 
 
 def pareto(config: dict, model: str) -> dict:

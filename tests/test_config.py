@@ -62,9 +62,10 @@ def test_schema_method_enum_matches_registry():
 
 def test_schema_leaves_method_settings_to_the_dataclasses():
     """A variant's settings are declared once, by its method's Config (checked by check_methods): the
-    schema's method part names only `method` and lets the rest through."""
+    schema's method part names only `method` (and the workflow's `match` block, which check_methods checks
+    too) and lets the rest through."""
     method = SCHEMA["$defs"]["method"]
-    assert set(method["properties"]) == {"method"} and "allOf" not in method
+    assert set(method["properties"]) == {"method", "match"} and "allOf" not in method
     assert method.get("additionalProperties", True) is True
 
 

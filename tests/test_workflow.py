@@ -102,6 +102,19 @@ def test_table10_ablation_config_plans_one_schedule_per_score_variant(tmp_path, 
     assert toca["diffsparse_r43_no_s3"]["staleness_weight"] == 0 and toca["diffsparse_r43_no_b"]["bonus"] == 0
 
 
+def test_claim_config_matches_every_continuous_knob_and_never_trains(tmp_path, snakemake):
+    """configs/claim.yaml: one match_budget job per matched variant, the committed schedules read (no
+    training), and a verdict per proxy."""
+    cfg = ROOT / "configs" / "claim.yaml"
+    run = snakemake(tmp_path, "claim", "-n", "--cores", "2", "--configfile", str(cfg), "--replace-workflow-config")
+    assert run.returncode == 0, run.tail()
+    stats = _job_stats(run.output)
+    methods = yaml.safe_load(cfg.read_text())["methods"]
+    assert stats["match_budget"] == sum("match" in v for v in methods.values()) == 14
+    assert "train_schedule" not in stats and stats["claim_verdict"] == 2 and stats["claim"] == 1
+    assert stats["evaluate"] == 30 and stats["pareto"] == 2
+
+
 def test_train_proxies_rule_reruns_the_committed_weights_command(tmp_path, snakemake):
     """`snakemake train_proxies` runs, for each proxy, the command its committed provenance records
     (thread count, defaults and seed included), so retraining reproduces the committed weights."""

@@ -39,7 +39,8 @@ SCOPE_WILDCARDS = {"generate_shard": ("model", "method", "shard"), "reference_st
                    "aggregate": ("model",), "render": ("table",), "train_schedule": ("model", "method"),
                    "finetune_sparsedit": ("model", "method"), "calibrate_peer": ("model", "method"),
                    "heatmap": ("model", "method"), "grid": ("model",),
-                   "pareto": ("model",)}
+                   "pareto": ("model",), "match_budget": ("model", "method"),
+                   "verdict": ("model",)}
 
 
 def _slice(kind, wildcards):
@@ -86,7 +87,8 @@ def table_output(name):
 
 
 # Rules whose jobs read weights, datasets, references or metric networks (aggregate, render, grids do not).
-EXTERNAL_RULES = {"generate_shard", "reference_stats", "evaluate", "latency", "macs", "train_schedule"}
+EXTERNAL_RULES = {"generate_shard", "reference_stats", "evaluate", "latency", "macs", "train_schedule",
+                  "match_budget"}
 
 
 def doctor_first():

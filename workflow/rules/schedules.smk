@@ -58,10 +58,30 @@ def calibration_inputs(model, methods):
     return out
 
 
-def method_inputs(model, methods):
-    """Every artefact the given variants of `model` read: DiffSparse schedules, SparseDiT weights, peers'
-    calibrations."""
+def artefact_inputs(model, methods):
+    """The files the given variants of `model` are built from: DiffSparse schedules, SparseDiT weights,
+    peers' calibrations."""
     return schedule_inputs(model, methods) + sparsedit_inputs(model, methods) + calibration_inputs(model, methods)
+
+
+def matched_inputs(model, methods):
+    """The budget matches (rule match_budget) of the given variants that have a `match` block."""
+    return [f"results/matched/{model}/{m}.json" for m in methods if config["methods"][m].get("match")]
+
+
+def method_inputs(model, methods):
+    """Every artefact the given variants of `model` read: their files and their budget matches."""
+    return artefact_inputs(model, methods) + matched_inputs(model, methods)
+
+
+rule match_budget:
+    # A variant's `match` setting bisected to its target's counted MACs (dsbench/matching.py); every job
+    # that samples, counts or times the variant reads the value from this file.
+    input: lambda wc: artefact_inputs(wc.model, [wc.method, config["methods"][wc.method]["match"]["target"]])
+    output: "results/matched/{model}/{method}.json"
+    params: config=scoped_config("match_budget"), scope=scoped_trigger("match_budget")
+    log: "logs/match_budget/{model}/{method}.log"
+    shell: "dsbench match-macs --config {params.config:q} --model {wildcards.model} --method {wildcards.method} --out {output} --force > {log} 2>&1"
 
 
 rule calibrate_peer:

@@ -1,4 +1,4 @@
-localrules: render_table, sample_grid, pareto, smoke, all
+localrules: render_table, sample_grid, pareto, claim_verdict, claim, smoke, all
 
 
 rule render_table:
@@ -49,6 +49,33 @@ rule pareto:
     params: config=scoped_config("pareto"), scope=scoped_trigger("pareto")
     log: "logs/pareto/{model}.log"
     shell: "dsbench pareto --config {params.config:q} --model {wildcards.model} --out {output} > {log} 2>&1"
+
+
+def claim_models():
+    """The models with budget-matched variants (a `match` block): the ones the claim judges."""
+    return [m for m in MODELS if any(config["methods"][v].get("match") for v in model_methods(m))]
+
+
+rule claim_verdict:
+    # Per budget target: on or off the Pareto front, and which differences the intervals resolve.
+    input: "results/{model}.csv"
+    output:
+        report("results/claim/{model}.md", caption="../report/verdict.rst", category="Claim",
+               labels={"model": "{model}"})
+    wildcard_constraints: model="[^/]+"
+    params: config=scoped_config("verdict"), scope=scoped_trigger("verdict")
+    log: "logs/verdict/{model}.log"
+    shell: "dsbench verdict --config {params.config:q} --model {wildcards.model} --out {output} > {log} 2>&1"
+
+
+rule claim:
+    # The paper's claim tested at matched budgets (configs/claim.yaml): every table, the Pareto plots and
+    # each model's verdict, printed at the end.
+    input:
+        tables=[table_output(t) for t in config["tables"]],
+        pareto=expand("results/figures/{model}_pareto.png", model=claim_models()),
+        verdicts=expand("results/claim/{model}.md", model=claim_models()),
+    shell: "cat {input.verdicts}"
 
 
 rule smoke:
