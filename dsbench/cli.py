@@ -238,9 +238,14 @@ def cmd_train_schedule(args):
 
 
 def cmd_calibrate_peer(args):
+    from dsbench.matching import MATCH_KEY, without_match
     from dsbench.peer_calibration import calibrate_cell
 
-    rec = calibrate_cell(_cell(args), args.out, force=args.force)
+    cfg = _config(args)
+    entry = cfg["methods"][args.method]
+    if MATCH_KEY in entry:  # the calibration reads none of the run-time knobs, so not the matched one either
+        cfg = {**cfg, "methods": {**cfg["methods"], args.method: without_match(entry)}}
+    rec = calibrate_cell(_cell(args, cfg), args.out, force=args.force)
     r = rec["mag_ratios"]
     print(f"{args.out}: {len(r)} magnitude ratios ({min(r):.4f} … {max(r):.4f}) on {rec['conditions']['count']} "
           f"{rec['conditions']['dataset']} conditions")
