@@ -72,3 +72,20 @@ def test_the_dag_matches_before_it_samples(tmp_path, snakemake):
                     "--replace-workflow-config", "results/macs/tiny_pixart/toca_m.json")
     assert run.returncode == 0, run.tail()
     assert "rule match_budget:" in run.output and "results/matched/tiny_pixart/toca_m.json" in run.output
+
+
+def test_a_matched_peer_is_calibrated_before_its_match(tmp_path, monkeypatch):
+    """MagCache's calibration reads no threshold, so rule calibrate_peer runs before match_budget (which
+    counts MACs with the calibration): `dsbench calibrate-peer` ignores the variant's match block."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config()
+    cfg["methods"]["magc"] = {"method": "diffusers_magcache", "calibration_samples": 2,
+                              "match": {"target": "toca", "key": "threshold", "range": [0.0, 1.0]}}
+    cfg["models"]["tiny_pixart"]["methods"].append("magc")
+    cfg = config_mod.validate(cfg)
+    out = tmp_path / "results" / "peers" / "tiny_pixart" / "magc.json"
+    assert main(["calibrate-peer", "--config", json.dumps(cfg), "--model", "tiny_pixart", "--method", "magc",
+                 "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert len(rec["mag_ratios"]) == cfg["models"]["tiny_pixart"]["steps"]
+    assert not (tmp_path / "results" / "matched").exists()
