@@ -269,7 +269,9 @@ def cmd_verdict(args):
     matched_to, nearest = budget_groups(cfg, args.model)
     if not matched_to:
         raise ValueError(f"{args.model} has no budget-matched variants (a `match` block): nothing to judge")
-    print(write_verdict(Path(args.root) / f"{args.model}.csv", matched_to, nearest, args.out, args.model), end="")
+    tolerances = {v: cfg["methods"][v]["match"].get("tolerance", 0.01) for vs in matched_to.values() for v in vs}
+    print(write_verdict(Path(args.root) / f"{args.model}.csv", matched_to, nearest, args.out, args.model,
+                        tolerances), end="")
 
 
 def cmd_heatmap(args):

@@ -71,20 +71,24 @@ def resolved_line(df: pd.DataFrame, subject: str, peers: list[str]) -> str:
     return " | ".join(parts)
 
 
-def budget_line(df: pd.DataFrame, subject: str, matched: list[str]) -> str:
-    """The matched rows' MACs against the subject's."""
+def budget_line(df: pd.DataFrame, subject: str, matched: list[str], tolerances: dict[str, float]) -> str:
+    """The matched rows' MACs against the subject's, naming each row outside its tolerance (a run-time
+    method's counted MACs move in steps, so its closest value may miss)."""
     by = df.set_index("method")
     target = _num(by.loc[subject, "macs_c1_T"])
     errors = {m: _num(by.loc[m, "macs_c1_T"]) / target - 1 for m in matched}
     worst = max(errors.items(), key=lambda kv: abs(kv[1])) if errors else None
-    return (f"{len(matched)} rows matched to {subject}'s MACs" + (f", the farthest {worst[0]} at {worst[1]:+.1%}"
-                                                                   if worst else ""))
+    text = f"{len(matched)} rows matched to {subject}'s MACs" + (f", the farthest {worst[0]} at {worst[1]:+.1%}"
+                                                               if worst else "")
+    missed = [f"{m} ({e:+.1%}, tolerance ±{tolerances.get(m, 0.01):.1%})" for m, e in errors.items()
+              if abs(e) > tolerances.get(m, 0.01)]
+    return text + (f"; outside their tolerance: {', '.join(missed)}" if missed else "; all within their tolerance")
 
 
 def write_verdict(csv: str | Path, matched_to: dict[str, list[str]], nearest: list[str], out: str | Path,
-                  model: str) -> str:
+                  model: str, tolerances: dict[str, float] | None = None) -> str:
     """`matched_to`: budget target -> the variants matched to it; `nearest`: integer-knob rows compared at
-    their own budgets (marked so)."""
+    their own budgets (marked so); `tolerances`: each matched variant's relative MAC tolerance."""
     df = pd.read_csv(csv)
     missing = sorted({*matched_to, *(m for ms in matched_to.values() for m in ms), *nearest} - set(df["method"]))
     if missing:
@@ -92,7 +96,7 @@ def write_verdict(csv: str | Path, matched_to: dict[str, list[str]], nearest: li
     lines = [f"## Verdict: {model}", ""]
     by = df.set_index("method")
     for subject, matched in matched_to.items():
-        lines += [f"**{subject}** ({budget_line(df, subject, matched)}).", "",
+        lines += [f"**{subject}** ({budget_line(df, subject, matched, tolerances or {})}).", "",
                   f"- Pareto front: {front_line(df, subject)}.",
                   f"- At its budget, by the 95 % intervals: {resolved_line(df, subject, matched)}.", ""]
     if nearest:

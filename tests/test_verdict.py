@@ -35,8 +35,10 @@ def test_resolved_line_uses_the_intervals():
 
 def test_write_verdict_refuses_missing_rows(tmp_path):
     frame().to_csv(tmp_path / "m.csv", index=False)
-    text = write_verdict(tmp_path / "m.csv", {"ds": ["toca_m", "fbc_m"]}, ["fora_n2"], tmp_path / "v.md", "m")
-    assert "**ds** (2 rows matched to ds's MACs, the farthest fbc_m at +1.0%)" in text
+    text = write_verdict(tmp_path / "m.csv", {"ds": ["toca_m", "fbc_m"]}, ["fora_n2"], tmp_path / "v.md", "m",
+                         {"toca_m": 0.01, "fbc_m": 0.005})
+    assert "**ds** (2 rows matched to ds's MACs, the farthest fbc_m at +1.0%; outside their tolerance: " \
+           "fbc_m (+1.0%, tolerance ±0.5%))" in text
     assert "Rows at their nearest budget (an integer knob): fora_n2 (-10% MACs)." in text
     assert (tmp_path / "v.md").read_text() == text
     import pytest
