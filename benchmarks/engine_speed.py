@@ -44,11 +44,11 @@ PROXY_SETTINGS = {
     "proxy_pixart": dict(scheduler="dpm_solver_pp", guidance_scale=2.0, dataset="shapes_captions"),
     "proxy_dit": dict(scheduler="ddim", guidance_scale=1.5, dataset="shapes_classes"),
 }
-# Committed DiffSparse schedules (T = 20, the proxies' 6-block layouts) and the variant that trained them
-# (configs/diffsparse_proxy.yaml diffsparse_r43). No schedule fits mid_pixart / mid_dit (8 blocks).
+# Committed DiffSparse schedules (T = 20, the proxies' 6-block layouts), trained by configs/proxy_schedules.yaml
+# with tests/smoke.yaml's ToCa settings. No schedule fits mid_pixart / mid_dit (8 blocks).
 SCHEDULES = {
-    "proxy_pixart": "results/diffsparse_proxy/schedules/proxy_pixart/diffsparse_r43.safetensors",
-    "proxy_dit": "results/diffsparse_proxy/schedules/proxy_dit/diffsparse_r43.safetensors",
+    "proxy_pixart": "models/proxies/schedules/proxy_pixart/diffsparse_r43.safetensors",
+    "proxy_dit": "models/proxies/schedules/proxy_dit/diffsparse_dit_r43.safetensors",
 }
 
 
