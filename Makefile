@@ -22,10 +22,10 @@ smoke: $(VENV)/.installed
 	@cat results/tables/table1.md results/tables/table2.md results/tables/table3.md
 	@echo "report: $(abspath results/report.html)"
 
-# Two pytest workers, whole files each (tests/conftest.py starts the smoke DAG's module first): the rest of
-# the suite runs beside the smoke.
+# Serial: two pytest-xdist workers (`-n 2 --dist loadfile`) slowed the smoke DAG past its time limit on
+# 2 cores (136 of 170 jobs in 43 min beside the rest of the suite).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
