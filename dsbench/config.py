@@ -191,7 +191,8 @@ def check_references(config: dict[str, Any]) -> None:
                 raise ConfigError(f"invalid config at models.{name}.methods: unknown method variant {v!r} "
                                   f"(defined: {', '.join(sorted(methods))})")
         for v in model["methods"]:
-            target = (methods[v].get("match") or {}).get("target") if isinstance(methods[v].get("match"), dict) else None
+            spec = methods[v].get("match")
+            target = spec.get("target") if isinstance(spec, dict) else None
             if target is not None and (target not in model["methods"] or target == v or "match" in methods[target]):
                 raise ConfigError(f"invalid config at methods.{v}.match.target: {target!r} must be another, "
                                   f"unmatched variant of every model that runs {v} ({name} runs "

@@ -16,13 +16,11 @@ def trained_variants(model):
 
 
 def given_schedule(path):
-    """A variant's `schedule:` path as the jobs resolve it (methods/paths.py committed_path): from the working
-    directory, else, for a path under models/, the committed file inside the repository."""
-    import os
+    """A variant's `schedule:` path as the jobs resolve it: from the working directory, else, for a path
+    under models/, the committed file inside the repository (methods/paths.py, the one rule)."""
+    from methods.paths import committed_path
 
-    inside = os.path.join(workflow.basedir, path)
-    committed = not os.path.isabs(path) and path.split("/")[0] == "models"
-    return inside if committed and not os.path.exists(path) and os.path.exists(inside) else path
+    return str(committed_path(path))
 
 
 def schedule_inputs(model, methods):
