@@ -82,3 +82,35 @@ def pytest_collection_modifyitems(session, config, items):
     """The smoke DAG's tests first: under `make test` (pytest-xdist, whole files per worker) the longest
     module then starts at once and the rest of the suite runs beside it on the other worker."""
     items.sort(key=lambda item: "smoke_run" not in getattr(item, "fixturenames", ()))
+
+
+# A three-method cut of the tiny matrix (the baseline, a step-parallel cache, a token cache; two shards
+# each): the DAG that runs for real once per session, for the rerun-scope table (tests/test_rerun_scope.py)
+# and as the local executor's side of the SLURM comparison (tests/test_slurm.py).
+TINY_CUT_METHODS = ["none", "fora_n2", "toca"]
+
+
+def tiny_cut_config() -> dict:
+    cfg = yaml.safe_load(TINY_YAML.read_text())
+    cfg["models"]["tiny_pixart"]["methods"] = list(TINY_CUT_METHODS)
+    cfg["methods"] = {k: v for k, v in cfg["methods"].items() if k in TINY_CUT_METHODS}
+    table = cfg["tables"]["table1"]
+    table["rows"] = [r for r in table["rows"] if r["method"] in TINY_CUT_METHODS]
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_cut_yaml(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny_cut") / "tiny_cut.yaml"
+    path.write_text(yaml.safe_dump(tiny_cut_config(), sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cut_run(tmp_path_factory, tiny_cut_yaml) -> Path:
+    """The cut's whole DAG (`all`) run once with the local executor; its working directory."""
+    work = tmp_path_factory.mktemp("tiny_cut_run")
+    run = run_snakemake(work, "--cores", "2", "--configfile", str(tiny_cut_yaml), "--replace-workflow-config",
+                        "all", timeout=1800)
+    assert run.returncode == 0, run.tail(120)
+    return work

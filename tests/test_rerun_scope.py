@@ -1,7 +1,7 @@
 """Rerun scope (issue 16 item 5) and doctor as the run's first step (item 6).
 
-The tiny DAG runs for real once (module fixture, a few minutes on 2 cores); then each setting is changed in
-turn in a copy of its config and `snakemake -n` says which rules would rerun: only those whose outputs
+A three-method cut of the tiny DAG runs for real once (the session fixture `tiny_cut_run`, shared with
+tests/test_slurm.py); then each setting is changed in turn in a copy of its config and `snakemake -n` says which rules would rerun: only those whose outputs
 depend on it (dsbench/scope.py). The table (setting -> rules) is printed (pytest -s)."""
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import json
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from dsbench import scope
-from tests.conftest import CONFIG_YAML, TINY_YAML
+from tests.conftest import CONFIG_YAML, TINY_YAML, tiny_cut_config
 
 pytestmark = pytest.mark.slow
 SMOKE_YAML = TINY_YAML.parent / "smoke.yaml"
@@ -45,7 +44,7 @@ def _set(cfg: dict, path: str, value) -> None:
     d[last] = value
 
 
-TINY = yaml.safe_load(TINY_YAML.read_text())
+TINY = tiny_cut_config()
 # setting -> new value, and the rules expected to rerun (each with its job count)
 METHODS = TINY["models"]["tiny_pixart"]["methods"]
 N_SHARDS = 2
@@ -75,15 +74,6 @@ CHANGES = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, snakemake):
-    work = tmp_path_factory.mktemp("tiny")
-    run = snakemake(work, "--cores", "2", "--configfile", str(TINY_YAML), "--replace-workflow-config", "all",
-                    timeout=1800)
-    assert run.returncode == 0, run.tail(120)
-    return work
-
-
 def test_every_slice_loads_and_guards(tiny_yaml):
     """Each rule kind's slice validates as its verb loads it, and reading outside it is a clear error."""
     from dsbench import config as dsconfig
@@ -103,8 +93,10 @@ def test_every_slice_loads_and_guards(tiny_yaml):
     dsconfig.load_arg(scope.dumps(scope.render(cfg, "table1")))
 
 
-def test_rerun_scope_table(tiny_run, snakemake, tmp_path):
-    up = snakemake(tiny_run, "-n", "--cores", "2", "--configfile", str(TINY_YAML), "--replace-workflow-config", "all")
+def test_rerun_scope_table(tiny_cut_run, tiny_cut_yaml, snakemake, tmp_path):
+    tiny_run = tiny_cut_run
+    up = snakemake(tiny_run, "-n", "--cores", "2", "--configfile", str(tiny_cut_yaml), "--replace-workflow-config",
+                   "all")
     assert "Nothing to be done" in up.output, up.tail()
     table, wrong = {}, {}
     for key, (value, expected) in CHANGES.items():
