@@ -42,11 +42,19 @@ def unset_message(missing: dict[str, list[str]], profile: str = "profiles/slurm"
     return f"{profile}: set {listed} in the environment (export VAR=...); no job was submitted"
 
 
-def global_gpu_limit_message(limit: object) -> str | None:
-    """profiles/default (loaded beside any --profile) caps `gpu` at 1: on a cluster that would run one GPU
-    job at a time. The SLURM profiles are meant as the workflow profile, which replaces it."""
-    if limit != 1:
-        return None
-    return ("a SLURM profile was given with --profile, so profiles/default was loaded too and its "
-            "`resources: gpu=1` would run one GPU job at a time on the whole cluster: run "
-            "`snakemake --workflow-profile profiles/slurm ...` instead (no job was submitted)")
+def profile_error(values: list[tuple[str, object]], gpu_limit: object,
+                  environ: Mapping[str, str] | None = None) -> str | None:
+    """The one line that stops a run whose cluster profile cannot work, else None.
+
+    `values`: (key, raw value) of every default and per-rule resource ("<rule>.<name>" for the latter);
+    `gpu_limit`: the global `gpu` resource limit. A ``$DSBENCH_*`` value left unset is refused first; then a
+    SLURM profile (any slurm_* resource) beside profiles/default's `gpu=1`, which Snakemake loads with every
+    --profile and which would run one GPU job at a time on the whole cluster."""
+    missing = unset_variables(values, environ)
+    if missing:
+        return unset_message(missing)
+    if gpu_limit == 1 and any(key.rpartition(".")[2].startswith("slurm_") for key, _ in values):
+        return ("a SLURM profile was given with --profile, so profiles/default was loaded too and its "
+                "`resources: gpu=1` would run one GPU job at a time on the whole cluster: run "
+                "`snakemake --workflow-profile profiles/slurm ...` instead (no job was submitted)")
+    return None

@@ -41,11 +41,16 @@ def tool_env() -> dict[str, str]:
     return env
 
 
+def snakemake_cmd(workdir: Path, *args: str, workflow_profile: str | Path | None = "none") -> list[str]:
+    """`python -m snakemake -s <repo>/Snakefile --directory <workdir> --workflow-profile <p> <args>`;
+    `workflow_profile=None` leaves Snakemake to find profiles/default itself."""
+    profile = [] if workflow_profile is None else ["--workflow-profile", str(workflow_profile)]
+    return [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *profile, *args]
+
+
 def run_snakemake(workdir: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Run:
-    """`python -m snakemake -s <repo>/Snakefile --directory <workdir> --workflow-profile none <args>`,
-    with `env` over the tool environment."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
-           "--workflow-profile", "none", *args]
+    """:func:`snakemake_cmd` with the workflow profile disabled, `env` over the tool environment."""
+    cmd = snakemake_cmd(workdir, *args)
     p = subprocess.run(cmd, cwd=workdir, env=tool_env() | (env or {}), stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=timeout)
     return Run(cmd, p.returncode, p.stdout)

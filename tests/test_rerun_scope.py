@@ -1,8 +1,9 @@
 """Rerun scope (issue 16 item 5) and doctor as the run's first step (item 6).
 
 A three-method cut of the tiny DAG runs for real once (the session fixture `tiny_cut_run`, shared with
-tests/test_slurm.py); then each setting is changed in turn in a copy of its config and `snakemake -n` says which rules would rerun: only those whose outputs
-depend on it (dsbench/scope.py). The table (setting -> rules) is printed (pytest -s)."""
+tests/test_slurm.py); then each setting is changed in turn in a copy of its config and `snakemake -n`
+says which rules would rerun: only those whose outputs depend on it (dsbench/scope.py). The table
+(setting -> rules) is printed (pytest -s)."""
 from __future__ import annotations
 
 import copy
@@ -94,8 +95,7 @@ def test_every_slice_loads_and_guards(tiny_yaml):
 
 
 def test_rerun_scope_table(tiny_cut_run, tiny_cut_yaml, snakemake, tmp_path):
-    tiny_run = tiny_cut_run
-    up = snakemake(tiny_run, "-n", "--cores", "2", "--configfile", str(tiny_cut_yaml), "--replace-workflow-config",
+    up = snakemake(tiny_cut_run, "-n", "--cores", "2", "--configfile", str(tiny_cut_yaml), "--replace-workflow-config",
                    "all")
     assert "Nothing to be done" in up.output, up.tail()
     table, wrong = {}, {}
@@ -104,7 +104,8 @@ def test_rerun_scope_table(tiny_cut_run, tiny_cut_yaml, snakemake, tmp_path):
         _set(cfg, key, value)
         path = tmp_path / f"{key}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        run = snakemake(tiny_run, "-n", "--cores", "2", "--configfile", str(path), "--replace-workflow-config", "all")
+        run = snakemake(tiny_cut_run, "-n", "--cores", "2", "--configfile", str(path), "--replace-workflow-config",
+                        "all")
         assert run.returncode == 0, run.tail()
         table[key] = got = _stats(run.output)
         if got != expected:

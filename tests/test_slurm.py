@@ -1,7 +1,7 @@
 """The cluster path for real: a single-node SLURM (ci/slurm-up.sh) runs a cut of the tiny DAG
-(conftest.tiny_cut_config) through Snakemake's SLURM executor plugin and profiles/slurm-local; its CSVs equal the local executor's
-bit for bit (latency columns aside), and a controller killed with SIGKILL while jobs are queued reruns to
-the same results.
+(conftest.tiny_cut_config) through Snakemake's SLURM executor plugin and profiles/slurm-local; its CSVs
+equal the local executor's bit for bit (timing columns aside), and a controller killed with SIGKILL while
+jobs are queued reruns to the same results.
 
 Where SLURM cannot start (not root, no apt-get), the test is skipped with the reason, except under CI
 (`CI` set), where it fails with it: CI must run it."""
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,13 +17,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO, SNAKEFILE, tool_env
+from tests.conftest import REPO, snakemake_cmd, tool_env
 
 pytestmark = pytest.mark.slow
 UP, DOWN = REPO / "ci" / "slurm-up.sh", REPO / "ci" / "slurm-down.sh"
 PROFILE = REPO / "profiles" / "slurm-local"
-# Columns that are timings (or derived from them): they differ between any two runs.
-TIMED = ("latency_", "speedup")
+# Columns that are timings or derived from them (a table's as `<name>_ours`): they differ between any two
+# runs. The paper's speedup and the MAC-ideal one are compared with the rest.
+TIMED = {"latency_s", "latency_q25_s", "latency_q75_s", "latency_runs", "latency_threads", "speedup",
+         "speedup_lo", "speedup_hi", "speedup_beyond_ideal", "speedup_flag"}
 
 
 def _squeue(name: str) -> list[str]:
@@ -62,18 +63,13 @@ def slurm_cluster():
         assert not left, f"slurmctld still running after ci/slurm-down.sh: {left}"
 
 
-def _slurm_cmd(work: Path, config_file: Path) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work),
-            "--workflow-profile", str(PROFILE), "--configfile", str(config_file), "--replace-workflow-config",
-            "all"]
-
-
 @pytest.fixture(scope="module")
 def slurm_run(slurm_cluster, tmp_path_factory, tiny_cut_yaml) -> dict:
     """The DAG through SLURM: started, killed with SIGKILL once its jobs are queued, their jobs cancelled
     (the README's recovery), unlocked and rerun to the end."""
     work = tmp_path_factory.mktemp("slurm")
-    cmd = _slurm_cmd(work, tiny_cut_yaml)
+    cmd = snakemake_cmd(work, "--configfile", str(tiny_cut_yaml), "--replace-workflow-config", "all",
+                        workflow_profile=PROFILE)
     t0 = time.monotonic()
     first_log = work / "first.log"
     with first_log.open("w") as log:
@@ -121,7 +117,7 @@ def test_slurm_csvs_equal_the_local_runs(tiny_cut_run, slurm_run):
     compared = []
     for name in sorted(local):
         a, b = pd.read_csv(local[name], dtype=str), pd.read_csv(cluster[name], dtype=str)
-        timed = [c for c in a.columns if c.startswith(TIMED)]
+        timed = [c for c in a.columns if c.removesuffix("_ours") in TIMED]
         assert list(a.columns) == list(b.columns), name
         assert len(a) == len(b) > 0, name
         pd.testing.assert_frame_equal(a.drop(columns=timed), b.drop(columns=timed), check_exact=True, obj=name)
@@ -163,7 +159,8 @@ def test_cluster_profiles_differ_only_in_what_a_local_cluster_needs():
 
 def _dry_run_with(profile_flag: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     base = {k: v for k, v in tool_env().items() if not k.startswith("DSBENCH_SLURM_")}
-    cmd = [sys.executable, "-m", "snakemake", profile_flag, str(REPO / "profiles" / "slurm"), "-n", "table1"]
+    # workflow_profile=None: as a user would, so that --profile also loads profiles/default.
+    cmd = snakemake_cmd(REPO, profile_flag, str(REPO / "profiles" / "slurm"), "-n", "table1", workflow_profile=None)
     return subprocess.run(cmd, cwd=REPO, env=base | env, capture_output=True, text=True, timeout=300)
 
 
@@ -192,7 +189,7 @@ def test_cluster_profile_beside_the_default_profile_is_refused_and_plans_as_work
 
 
 def test_unset_variables_names_each_variable_and_the_keys_it_fills():
-    from dsbench.cluster import unset_message, unset_variables
+    from dsbench.cluster import profile_error, unset_message, unset_variables
 
     values = [("slurm_account", "$DSBENCH_SLURM_ACCOUNT"), ("slurm_partition", "${DSBENCH_SLURM_PARTITION}"),
               ("runtime", 30), ("evaluate.slurm_partition", "$DSBENCH_SLURM_GPU_PARTITION"),
@@ -209,3 +206,9 @@ def test_unset_variables_names_each_variable_and_the_keys_it_fills():
         "profiles/slurm: set DSBENCH_SLURM_ACCOUNT (slurm_account), DSBENCH_SLURM_PARTITION (slurm_partition) "
         "and DSBENCH_SLURM_GPU_PARTITION (slurm_partition of evaluate, latency) in the environment "
         "(export VAR=...); no job was submitted")
+    # Set, the variables pass; profiles/default's gpu=1 is refused only beside slurm_* resources.
+    env = {"DSBENCH_SLURM_ACCOUNT": "a", "DSBENCH_SLURM_PARTITION": "b", "DSBENCH_SLURM_GPU_PARTITION": "c"}
+    assert profile_error(values, None, env) is None and profile_error(values, 4, env) is None
+    assert "--workflow-profile profiles/slurm" in profile_error(values, 1, env)
+    assert profile_error([("runtime", 30)], 1, env) is None
+    assert profile_error(values, 1, {}).startswith("profiles/slurm: set DSBENCH_SLURM_ACCOUNT")

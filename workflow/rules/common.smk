@@ -108,25 +108,19 @@ def doctor_first():
         raise SystemExit(1)
 
 
-
 def check_cluster_environment():
-    """profiles/slurm takes the account and partitions from $DSBENCH_SLURM_*: an unset one stops the run
-    (a dry run too) before any job, with one line naming it; so does a SLURM profile loaded beside
-    profiles/default (dsbench/cluster.py)."""
-    from dsbench.cluster import global_gpu_limit_message, unset_message, unset_variables
+    """A cluster profile that cannot work (an unset $DSBENCH_SLURM_*, or a SLURM profile beside
+    profiles/default) stops the run, a dry run too, before any job with one line (dsbench/cluster.py)."""
+    from dsbench.cluster import profile_error
 
     rs = workflow.resource_settings
     values = [(name, res.raw) for name, res in (rs.default_resources or {}).items()]
     for rule_name, resources in rs.overwrite_resources.items():
         values += [(f"{rule_name}.{name}", res.raw) for name, res in resources.items()]
-    missing = unset_variables(values)
-    if missing:
-        raise ValueError(unset_message(missing))
-    if any(key.rpartition(".")[2].startswith("slurm_") for key, _ in values):
-        limit = rs.resources.get("gpu")
-        message = global_gpu_limit_message(getattr(limit, "value", limit))
-        if message:
-            raise ValueError(message)
+    gpu_limit = rs.resources.get("gpu")
+    message = profile_error(values, getattr(gpu_limit, "value", gpu_limit))
+    if message:
+        raise ValueError(message)
 
 
 check_cluster_environment()
